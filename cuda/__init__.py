@@ -1,0 +1,1 @@
+"""GPU-direct transfer kernels (see cuda/README.md)."""

@@ -1,0 +1,174 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_UNSPECIFIED: _ClassVar[Tier]
+    TIER_RAM: _ClassVar[Tier]
+    TIER_NVME: _ClassVar[Tier]
+    TIER_S3: _ClassVar[Tier]
+
+class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CODEC_NONE: _ClassVar[Codec]
+    CODEC_LZ4: _ClassVar[Codec]
+    CODEC_ZSTD: _ClassVar[Codec]
+TIER_UNSPECIFIED: Tier
+TIER_RAM: Tier
+TIER_NVME: Tier
+TIER_S3: Tier
+CODEC_NONE: Codec
+CODEC_LZ4: Codec
+CODEC_ZSTD: Codec
+
+class Layout(_message.Message):
+    __slots__ = ("dtype", "shape", "tokens_per_chunk", "tp_rank", "tp_size")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TP_RANK_FIELD_NUMBER: _ClassVar[int]
+    TP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    tokens_per_chunk: int
+    tp_rank: int
+    tp_size: int
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., tokens_per_chunk: _Optional[int] = ..., tp_rank: _Optional[int] = ..., tp_size: _Optional[int] = ...) -> None: ...
+
+class Scope(_message.Message):
+    __slots__ = ("namespace", "model", "layout")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    model: str
+    layout: Layout
+    def __init__(self, namespace: _Optional[str] = ..., model: _Optional[str] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("scope", "hashes")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("hits", "tiers")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    hits: int
+    tiers: _containers.RepeatedScalarFieldContainer[Tier]
+    def __init__(self, hits: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[Tier, str]]] = ...) -> None: ...
+
+class ChunkHeader(_message.Message):
+    __slots__ = ("scope", "hash", "codec", "raw_length", "payload_length", "checksum", "tokens", "dtype", "shape", "index")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    RAW_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hash: bytes
+    codec: Codec
+    raw_length: int
+    payload_length: int
+    checksum: int
+    tokens: int
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    index: int
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hash: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., raw_length: _Optional[int] = ..., payload_length: _Optional[int] = ..., checksum: _Optional[int] = ..., tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ChunkHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ChunkHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ChunkResult(_message.Message):
+    __slots__ = ("hash", "stored", "reason")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    hash: bytes
+    stored: bool
+    reason: str
+    def __init__(self, hash: _Optional[bytes] = ..., stored: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PutResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChunkResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("scope", "hashes", "frame_bytes", "stop_at_first_miss")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STOP_AT_FIRST_MISS_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    frame_bytes: int
+    stop_at_first_miss: bool
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., frame_bytes: _Optional[int] = ..., stop_at_first_miss: bool = ...) -> None: ...
+
+class Miss(_message.Message):
+    __slots__ = ("hash", "index")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    hash: bytes
+    index: int
+    def __init__(self, hash: _Optional[bytes] = ..., index: _Optional[int] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("header", "data", "miss")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MISS_FIELD_NUMBER: _ClassVar[int]
+    header: ChunkHeader
+    data: bytes
+    miss: Miss
+    def __init__(self, header: _Optional[_Union[ChunkHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., miss: _Optional[_Union[Miss, _Mapping]] = ...) -> None: ...
+
+class ExistsRequest(_message.Message):
+    __slots__ = ("scope", "hashes")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ExistsResponse(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("scope", "hashes")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,110 @@
+"""The tier protocol: what RAM, NVMe and S3 storage each implement.
+
+Tiers never know each other; `server/store.py` composes them. Every method is async; blocking
+libraries run on a bounded executor inside the tier. A miss is `None`, never an exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from kvbucket.core.codecs import Codec
+from kvbucket.core.keys import EntryKey
+from kvbucket.core.record import Record
+
+
+@dataclass(slots=True)
+class EntryMeta:
+    """What a tier's index knows about an entry, without reading its payload."""
+
+    key: EntryKey
+    tokens: int
+    raw_bytes: int
+    stored_bytes: int
+    codec: Codec
+    created: float
+    last_access: float
+    hits: int = 0
+    expires_at: float = 0.0  # unix seconds; 0 = never
+    pinned: bool = False
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+
+    def copy(self, **changes) -> EntryMeta:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """An entry a tier let go to make room; the store may demote it to a slower tier."""
+
+    key: EntryKey
+    record: Record
+    meta: EntryMeta
+
+
+@dataclass(slots=True)
+class TierStats:
+    entries: int = 0
+    bytes: int = 0
+    capacity_bytes: int = 0  # 0 = unbounded
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Tier(abc.ABC):
+    """One storage tier. Invariants every implementation keeps (tests/server/tier_conformance.py):
+
+    - `put` is atomic: a concurrent or later `get` sees the whole record or nothing;
+    - `contains` and `meta` answer from the index, never reading payloads;
+    - a record that fails its checksum is never returned by the store (tiers may return it;
+      the store verifies, counts and deletes it);
+    - `put` returns the entries it evicted to make room, so the store can demote them.
+    """
+
+    name: ClassVar[str]  # "ram" | "nvme" | "s3"
+
+    @abc.abstractmethod
+    async def get(self, key: EntryKey) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def put(self, key: EntryKey, record: Record, meta: EntryMeta) -> list[Evicted]:
+        """Store `record`; raises ResourceExhausted when it cannot fit even after eviction."""
+
+    @abc.abstractmethod
+    async def delete(self, key: EntryKey) -> bool: ...
+
+    @abc.abstractmethod
+    def meta(self, key: EntryKey) -> EntryMeta | None:
+        """Index lookup; no I/O."""
+
+    def contains(self, keys: Sequence[EntryKey]) -> list[bool]:
+        return [self.meta(k) is not None for k in keys]
+
+    @abc.abstractmethod
+    def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
+        """Entries whose `key.to_bytes()` starts with `prefix`, in key order."""
+
+    @abc.abstractmethod
+    def stats(self) -> TierStats: ...
+
+    def touch(self, key: EntryKey, now: float) -> None:
+        """Record a hit (recency for eviction, last access, hit count)."""
+
+    def set_meta(self, key: EntryKey, **changes) -> EntryMeta | None:
+        """Update index fields such as `expires_at` or `pinned`; returns the new meta."""
+        return None
+
+    @contextlib.asynccontextmanager
+    async def reading(self, key: EntryKey) -> AsyncIterator[Record | None]:
+        """Hold an entry while its bytes are streamed: it is not evicted or recycled meanwhile."""
+        yield await self.get(key)
+
+    async def close(self) -> None:
+        return None
