@@ -1,0 +1,139 @@
+"""Large buffers without page-fault costs: a pool of reusable bytearrays, and a malloc setting.
+
+A fresh 32 MiB `bytearray` is served by glibc through mmap, so every page faults on first touch:
+~1.5 GB/s here, against ~11 GB/s writing into a buffer already mapped (FACTS.md). Two remedies,
+which combine: `BufferPool` hands back buffers of the same size, and `tune_malloc()` stops glibc from
+using mmap for large blocks and from trimming the heap, so a freed block is reused warm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    hits: int
+    misses: int
+    pooled_bytes: int
+    pooled_buffers: int
+    max_bytes: int
+
+
+class BufferPool:
+    """Reuses bytearrays by exact size; holds at most `max_bytes` of idle buffers. Thread-safe.
+
+    `acquire(n)` returns a bytearray of length n whose contents are undefined (whatever the previous
+    user wrote). `release(buf)` hands it back: the caller must not touch it afterwards nor hold a
+    memoryview of it. When the pool would exceed `max_bytes`, it drops idle buffers of the sizes
+    released least recently, then the released buffer itself if it still does not fit.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._free: OrderedDict[int, list[bytearray]] = OrderedDict()  # size -> idle buffers, LRU first
+        self._pooled = 0
+        self._count = 0
+        self._hits = 0
+        self._misses = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, n: int) -> bytearray:
+        if n < 0:
+            raise ValueError(f"buffer size must be >= 0, got {n}")
+        with self._lock:
+            bufs = self._free.get(n)
+            if bufs:
+                buf = bufs.pop()
+                if not bufs:
+                    del self._free[n]
+                self._pooled -= n
+                self._count -= 1
+                self._hits += 1
+                return buf
+            self._misses += 1
+        return bytearray(n)  # outside the lock: a large allocation faults in every page
+
+    def release(self, buf: bytearray) -> bool:
+        """Give `buf` back; True if it was kept for reuse, False if dropped."""
+        n = len(buf)
+        if type(buf) is not bytearray or n == 0 or n > self.max_bytes:
+            return False
+        with self._lock:
+            while self._pooled + n > self.max_bytes:
+                self._drop_oldest()
+            self._free.setdefault(n, []).append(buf)
+            self._free.move_to_end(n)
+            self._pooled += n
+            self._count += 1
+            return True
+
+    def _drop_oldest(self) -> None:
+        size, bufs = next(iter(self._free.items()))
+        bufs.pop()
+        if not bufs:
+            del self._free[size]
+        self._pooled -= size
+        self._count -= 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._pooled = self._count = 0
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            return PoolStats(self._hits, self._misses, self._pooled, self._count, self.max_bytes)
+
+
+# glibc <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+_INT_MAX = 2**31 - 1
+_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+
+
+@dataclass(frozen=True, slots=True)
+class MallocTuning:
+    mmap_threshold: int
+    trim_threshold: int
+
+
+def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = _INT_MAX) -> MallocTuning | None:
+    """Make glibc serve large blocks from the heap and keep freed memory; returns what was set.
+
+    Tries `mmap_threshold`, then the largest value every glibc accepts (32 MiB on 64-bit) if refused.
+    Returns None (and changes nothing) off Linux/glibc. Call once at process start, before the big
+    allocations. Cost: freed memory stays in the process instead of going back to the OS.
+
+    Measured here (2 vCPU, glibc 2.36 accepted 1 GiB, Python 3.11; one throwaway run, noisy), 32 MiB
+    buffers in a loop: `bytearray(32 << 20)` alone 1.2 GB/s by default, 11-17 GB/s after
+    `tune_malloc()`; allocate and copy 32 MiB in: 1.1 GB/s default, 5.8 GB/s tuned, 7.5 GB/s from a
+    `BufferPool` (untuned) -- the pool needs no process-wide setting, the setting needs no pool.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mmap_set = 0
+    for value in dict.fromkeys((min(mmap_threshold, _INT_MAX), _GLIBC_MAX_MMAP_THRESHOLD)):
+        if mallopt(M_MMAP_THRESHOLD, value) == 1:
+            mmap_set = value
+            break
+    if not mmap_set:
+        return None
+    trim = min(trim_threshold, _INT_MAX)
+    if mallopt(M_TRIM_THRESHOLD, trim) != 1:
+        trim = 0
+    return MallocTuning(mmap_set, trim)
