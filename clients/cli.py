@@ -1,0 +1,245 @@
+"""The `kvbucket` command: run the daemon, inspect it, and move chunks by hand.
+
+    kvbucket serve [--nvme] [--s3-bucket B --s3-endpoint URL] [--config kvbucket.toml]
+    kvbucket stats  [--url kvbucket://127.0.0.1:7070] [--json]
+    kvbucket ls     [--namespace N] [--model M] [--tier ram|nvme|s3] [--json]
+    kvbucket put FILE [--key NAME]        kvbucket get HASH --shape N -o FILE
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kvbucket: a KV-cache store for LLM inference.")
+console = Console()
+err = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+DEFAULT_URL = "kvbucket://127.0.0.1:7070"
+TIERS = {"ram": 1, "nvme": 2, "s3": 3}
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _client(url: str, token: str | None, **kw):
+    from kvbucket.clients.sdk import Client
+
+    return Client(url, token=token, **kw)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file")] = None,
+    host: Annotated[Optional[str], typer.Option()] = None,
+    port: Annotated[Optional[int], typer.Option(help="gRPC port (0: any free port)")] = None,
+    unix_socket: Annotated[Optional[Path], typer.Option(help="also listen on this unix socket")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus port (0: any, -1: off)")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option()] = None,
+    ram: Annotated[Optional[bool], typer.Option("--ram/--no-ram")] = None,
+    ram_capacity: Annotated[Optional[str], typer.Option(help="e.g. 8GiB")] = None,
+    ram_policy: Annotated[Optional[str], typer.Option(help="s3fifo | lru")] = None,
+    nvme: Annotated[Optional[bool], typer.Option("--nvme/--no-nvme")] = None,
+    nvme_path: Annotated[Optional[Path], typer.Option()] = None,
+    nvme_capacity: Annotated[Optional[str], typer.Option()] = None,
+    s3: Annotated[Optional[bool], typer.Option("--s3/--no-s3")] = None,
+    s3_bucket: Annotated[Optional[str], typer.Option()] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option()] = None,
+    s3_prefix: Annotated[Optional[str], typer.Option()] = None,
+    tokens_file: Annotated[Optional[Path], typer.Option(help="TOML of bearer tokens -> tenants")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option()] = None,
+    tls_key: Annotated[Optional[Path], typer.Option()] = None,
+    ready_file: Annotated[Optional[Path], typer.Option(help="write the bound URL/ports here as JSON")] = None,
+    log_level: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Run the daemon (RAM tier on by default; --nvme and --s3-bucket add the durable tiers)."""
+    import asyncio
+    import logging
+
+    from pydantic import ValidationError
+
+    from kvbucket.server.app import run
+    from kvbucket.server.settings import load_settings
+
+    flat = dict(host=host, port=port, unix_socket=unix_socket, metrics_port=metrics_port, data_dir=data_dir,
+                ready_file=ready_file, log_level=log_level)
+    nested = {
+        "ram": dict(enabled=ram, capacity=ram_capacity, policy=ram_policy),
+        "nvme": dict(enabled=nvme, path=nvme_path, capacity=nvme_capacity),
+        "s3": dict(enabled=s3 if s3 is not None else (True if s3_bucket else None), bucket=s3_bucket,
+                   endpoint_url=s3_endpoint, prefix=s3_prefix),
+        "auth": dict(tokens_file=tokens_file, tls_cert=tls_cert, tls_key=tls_key),
+    }
+    overrides = {k: v for k, v in flat.items() if v is not None}
+    for section, values in nested.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            overrides[section] = given
+    try:
+        settings = load_settings(config, **overrides)
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/red]\n{exc}")
+        raise typer.Exit(2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(settings))
+
+
+@app.command()
+def stats(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Entries, bytes and hits per tier, and the daemon's counters."""
+    from google.protobuf.json_format import MessageToDict
+
+    from kvbucket.core.errors import KVBucketError
+
+    try:
+        with _client(url, token) as c:
+            s = c.stats()
+    except KVBucketError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(MessageToDict(s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)))
+        return
+    t = Table(title=f"kvbucket {s.version} at {url} (up {s.uptime_seconds:.0f} s)")
+    for col in ("tier", "entries", "bytes", "capacity", "hits", "evictions"):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+    names = {v: k for k, v in TIERS.items()}
+    for ts in s.tiers:
+        cap = human(ts.capacity_bytes) if ts.capacity_bytes else "unbounded"
+        t.add_row(names.get(ts.tier, "?"), str(ts.entries), human(ts.bytes), cap, str(ts.hits), str(ts.evictions))
+    console.print(t)
+    rate = s.lookup_hits / s.lookup_keys if s.lookup_keys else 0.0
+    console.print(f"lookups {s.lookups}  keys asked {s.lookup_keys}  found {s.lookup_hits} ({rate:.1%})  "
+                  f"puts {s.puts}  gets {s.gets}  chunks served {s.get_hits}  tokens served {s.tokens_served}")
+
+
+@app.command("ls")
+def ls(
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+    namespace: Annotated[str, typer.Option(help="only this namespace")] = "",
+    model: Annotated[str, typer.Option(help="only this model (needs --namespace)")] = "",
+    tier: Annotated[Optional[str], typer.Option(help="ram | nvme | s3")] = None,
+    limit: Annotated[int, typer.Option(help="stop after this many entries")] = 100,
+) -> None:
+    """List cached entries (your own tenant's unless you hold an admin token)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from kvbucket.core.errors import KVBucketError
+
+    if tier is not None and tier not in TIERS:
+        err.print(f"[red]error:[/red] --tier must be one of {', '.join(TIERS)}")
+        raise typer.Exit(2)
+    entries, page = [], ""
+    try:
+        with _client(url, token) as c:
+            while len(entries) < limit:
+                r = c.list_entries(namespace=namespace, model=model, tier=TIERS.get(tier or "", 0),
+                                   page_size=min(1000, limit - len(entries)), page_token=page)
+                entries.extend(r.entries)
+                page = r.next_page_token
+                if not page:
+                    break
+    except KVBucketError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([MessageToDict(e, preserving_proto_field_name=True) for e in entries]))
+        return
+    names = {v: k for k, v in TIERS.items()}
+    t = Table(title=f"{len(entries)} entries" + (" (more: raise --limit)" if page else ""))
+    for col in ("namespace", "model", "hash", "tokens", "raw", "stored", "tiers", "hits", "idle"):
+        t.add_column(col)
+    now = time.time()
+    for e in entries:
+        t.add_row(e.namespace, e.model, e.hash.hex()[:16], str(e.tokens), human(e.raw_bytes), human(e.stored_bytes),
+                  ",".join(names.get(x, "?") for x in e.tiers), str(e.hits), f"{now - e.last_access:.0f}s")
+    console.print(t)
+
+
+def _debug_layout(dtype: str, shape: str):
+    from kvbucket.core.keys import Layout
+
+    dims = tuple(int(x) for x in shape.split(","))
+    return Layout(dtype, dims, tokens_per_chunk=1)
+
+
+@app.command()
+def put(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+    key: Annotated[Optional[str], typer.Option(help="name hashed into the key (default: file content)")] = None,
+    model: Annotated[str, typer.Option()] = "debug",
+    namespace: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Store a file as one chunk (dtype uint8, one dimension of its size); prints its hash."""
+    from kvbucket.core.errors import KVBucketError
+
+    data = file.read_bytes()
+    h = hashlib.blake2b((key or "").encode() if key else data, digest_size=32).digest()
+    layout = _debug_layout("uint8", str(len(data)))
+    try:
+        with _client(url, token, model=model, namespace=namespace or None, layout=layout) as c:
+            c.put(h, data)
+    except KVBucketError as exc:
+        _fail(exc)
+    console.print(f"{h.hex()}  ({len(data)} bytes; get it with: kvbucket get {h.hex()} --shape {len(data)} -o FILE)")
+
+
+@app.command()
+def get(
+    hash_hex: Annotated[str, typer.Argument(metavar="HASH")],
+    shape: Annotated[str, typer.Option(help="chunk shape, e.g. 1048576 or 32,2,256,8,128")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="write the chunk here ('-' for stdout)")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+    dtype: Annotated[str, typer.Option()] = "uint8",
+    model: Annotated[str, typer.Option()] = "debug",
+    namespace: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Fetch one chunk by hash (exit 1 on a miss)."""
+    from kvbucket.core.errors import KVBucketError
+
+    try:
+        h = bytes.fromhex(hash_hex)
+    except ValueError:
+        err.print(f"[red]error:[/red] {hash_hex!r} is not hex")
+        raise typer.Exit(2)
+    try:
+        with _client(url, token, model=model, namespace=namespace or None, layout=_debug_layout(dtype, shape)) as c:
+            data = c.get(h)
+    except KVBucketError as exc:
+        _fail(exc)
+    if data is None:
+        err.print("miss: no such chunk")
+        raise typer.Exit(1)
+    if str(out) == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        out.write_bytes(data)
+        console.print(f"wrote {len(data)} bytes to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

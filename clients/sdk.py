@@ -1,0 +1,250 @@
+"""The Python SDK: `Client` (blocking) and `AsyncClient` (asyncio), built from a kvbucket URL.
+
+    from kvbucket import Client, Layout, chunk_hashes
+
+    layout = Layout("bfloat16", (32, 2, 256, 8, 128), tokens_per_chunk=256)
+    with Client("kvbucket://127.0.0.1:7070", model="meta-llama/Llama-3-8B@main", layout=layout) as kv:
+        hashes = chunk_hashes(token_ids, 256)
+        cached = kv.lookup(hashes).hits          # leading chunks already stored
+        kv.put(hashes[cached], kv_tensor_bytes)  # store the next one
+        data = kv.get(hashes[0])                 # bytes back, checksum verified, or None
+
+A client is bound to one scope (namespace, model, layout); `scoped(...)` derives another one that
+shares the connection. Errors are the classes of `kvbucket.core.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from kvbucket.clients import wire
+from kvbucket.clients.url import Endpoint, parse_url
+from kvbucket.clients.wire import LookupResult
+from kvbucket.core.codecs import Codec
+from kvbucket.core.keys import Layout
+from kvbucket.proto import admin_pb2 as apb
+from kvbucket.proto import admin_pb2_grpc
+from kvbucket.proto import store_pb2 as pb
+from kvbucket.proto import store_pb2_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", (4 << 20) + (64 << 10)),
+    ("grpc.max_send_message_length", (4 << 20) + (64 << 10)),
+]
+
+PutItem = tuple[bytes, object] | tuple[bytes, object, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    namespace: str
+    model: str
+    layout: Layout | None
+
+    def proto(self) -> pb.Scope:
+        if self.layout is None:
+            raise ValueError("this client has no layout: pass layout=Layout(...) or use scoped(layout=...)")
+        return pb.Scope(namespace=self.namespace, model=self.model, layout=wire.layout_proto(self.layout))
+
+
+def _credentials(ep: Endpoint):
+    ca = open(ep.ca_file, "rb").read() if ep.ca_file else None
+    return grpc.ssl_channel_credentials(root_certificates=ca)
+
+
+class _Base:
+    def __init__(self, url: str, *, namespace: str | None, model: str, layout: Layout | None,
+                 token: str | None, timeout: float, codec: Codec | str, frame_bytes: int) -> None:
+        self.url = url
+        self.endpoint = parse_url(url)
+        self.scope = _Scope(namespace if namespace is not None else self.endpoint.namespace, model, layout)
+        token = token or self.endpoint.token
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.codec = Codec.parse(codec)
+        self.frame_bytes = frame_bytes
+
+    def _items(self, items: Iterable[PutItem]):
+        default_tokens = self.scope.layout.tokens_per_chunk if self.scope.layout else 0
+        for item in items:
+            yield (item[0], item[1], item[2] if len(item) > 2 else default_tokens)
+
+    def _derive(self, cls, **changes):
+        other = cls.__new__(cls)
+        other.__dict__.update(self.__dict__)
+        s = self.scope
+        other.scope = _Scope(
+            changes.get("namespace", s.namespace), changes.get("model", s.model), changes.get("layout", s.layout)
+        )
+        return other
+
+
+class Client(_Base):
+    """Blocking client; thread-safe (one HTTP/2 channel, many concurrent calls)."""
+
+    def __init__(self, url: str, *, namespace: str | None = None, model: str = "default",
+                 layout: Layout | None = None, token: str | None = None, timeout: float = 30.0,
+                 codec: Codec | str = Codec.NONE, frame_bytes: int = wire.DEFAULT_FRAME) -> None:
+        super().__init__(url, namespace=namespace, model=model, layout=layout, token=token, timeout=timeout,
+                         codec=codec, frame_bytes=frame_bytes)
+        ep = self.endpoint
+        self._channel = (
+            grpc.secure_channel(ep.target, _credentials(ep), CHANNEL_OPTIONS) if ep.tls
+            else grpc.insecure_channel(ep.target, CHANNEL_OPTIONS)
+        )
+        self._stub = store_pb2_grpc.KVBucketStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminStub(self._channel)
+
+    def scoped(self, *, namespace: str | None = None, model: str | None = None, layout: Layout | None = None) -> Client:
+        changes = {k: v for k, v in dict(namespace=namespace, model=model, layout=layout).items() if v is not None}
+        return self._derive(Client, **changes)
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise wire.translate(exc) from None
+
+    def lookup(self, hashes: Sequence[bytes], timeout: float | None = None) -> LookupResult:
+        r = self._call(self._stub.Lookup, pb.LookupRequest(scope=self.scope.proto(), hashes=hashes), timeout)
+        return LookupResult(r.hits, [wire.TIER_NAMES[t] for t in r.tiers])
+
+    def exists(self, hashes: Sequence[bytes]) -> list[bool]:
+        return list(self._call(self._stub.Exists, pb.ExistsRequest(scope=self.scope.proto(), hashes=hashes)).present)
+
+    def delete(self, hashes: Sequence[bytes]) -> int:
+        return self._call(self._stub.Delete, pb.DeleteRequest(scope=self.scope.proto(), hashes=hashes)).deleted
+
+    def put(self, hash: bytes, data, tokens: int | None = None) -> bool:
+        item = (hash, data) if tokens is None else (hash, data, tokens)
+        return self.put_many([item])[0]
+
+    def put_many(self, items: Iterable[PutItem]) -> list[bool]:
+        """Store chunks in one streaming call; each is atomic on its own."""
+        stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes)
+        return [r.stored for r in self._call(self._stub.Put, stream).results]
+
+    def get(self, hash: bytes) -> memoryview | None:
+        return self.get_many([hash])[0]
+
+    def get_into(self, hash: bytes, out) -> bool:
+        """Write the chunk into `out` (any writable buffer); False on a miss."""
+        return self.get_many([hash], out=[out])[0] is not None
+
+    def get_many(self, hashes: Sequence[bytes], *, out: list | None = None,
+                 stop_at_first_miss: bool = False) -> list[memoryview | None]:
+        asm = wire.GetAssembler(len(hashes), out)
+        req = pb.GetRequest(scope=self.scope.proto(), hashes=hashes, frame_bytes=self.frame_bytes,
+                            stop_at_first_miss=stop_at_first_miss)
+        try:
+            for msg in self._stub.Get(req, timeout=self.timeout, metadata=self._metadata):
+                asm.feed(msg)
+        except grpc.RpcError as exc:
+            raise wire.translate(exc) from None
+        return asm.results
+
+    def stats(self) -> apb.StatsResponse:
+        return self._call(self.admin.Stats, apb.StatsRequest())
+
+    def list_entries(self, **filters) -> apb.ListEntriesResponse:
+        return self._call(self.admin.ListEntries, apb.ListEntriesRequest(**filters))
+
+    def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same methods as `Client`, awaited."""
+
+    def __init__(self, url: str, *, namespace: str | None = None, model: str = "default",
+                 layout: Layout | None = None, token: str | None = None, timeout: float = 30.0,
+                 codec: Codec | str = Codec.NONE, frame_bytes: int = wire.DEFAULT_FRAME) -> None:
+        super().__init__(url, namespace=namespace, model=model, layout=layout, token=token, timeout=timeout,
+                         codec=codec, frame_bytes=frame_bytes)
+        ep = self.endpoint
+        self._channel = (
+            grpc.aio.secure_channel(ep.target, _credentials(ep), CHANNEL_OPTIONS) if ep.tls
+            else grpc.aio.insecure_channel(ep.target, CHANNEL_OPTIONS)
+        )
+        self._stub = store_pb2_grpc.KVBucketStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminStub(self._channel)
+
+    def scoped(self, *, namespace: str | None = None, model: str | None = None,
+               layout: Layout | None = None) -> AsyncClient:
+        changes = {k: v for k, v in dict(namespace=namespace, model=model, layout=layout).items() if v is not None}
+        return self._derive(AsyncClient, **changes)
+
+    async def _call(self, method, request, timeout: float | None = None):
+        try:
+            return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise wire.translate(exc) from None
+
+    async def lookup(self, hashes: Sequence[bytes], timeout: float | None = None) -> LookupResult:
+        r = await self._call(self._stub.Lookup, pb.LookupRequest(scope=self.scope.proto(), hashes=hashes), timeout)
+        return LookupResult(r.hits, [wire.TIER_NAMES[t] for t in r.tiers])
+
+    async def exists(self, hashes: Sequence[bytes]) -> list[bool]:
+        r = await self._call(self._stub.Exists, pb.ExistsRequest(scope=self.scope.proto(), hashes=hashes))
+        return list(r.present)
+
+    async def delete(self, hashes: Sequence[bytes]) -> int:
+        r = await self._call(self._stub.Delete, pb.DeleteRequest(scope=self.scope.proto(), hashes=hashes))
+        return r.deleted
+
+    async def put(self, hash: bytes, data, tokens: int | None = None) -> bool:
+        item = (hash, data) if tokens is None else (hash, data, tokens)
+        return (await self.put_many([item]))[0]
+
+    async def put_many(self, items: Iterable[PutItem]) -> list[bool]:
+        stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes)
+        return [r.stored for r in (await self._call(self._stub.Put, stream)).results]
+
+    async def get(self, hash: bytes) -> memoryview | None:
+        return (await self.get_many([hash]))[0]
+
+    async def get_into(self, hash: bytes, out) -> bool:
+        return (await self.get_many([hash], out=[out]))[0] is not None
+
+    async def get_many(self, hashes: Sequence[bytes], *, out: list | None = None,
+                       stop_at_first_miss: bool = False) -> list[memoryview | None]:
+        asm = wire.GetAssembler(len(hashes), out)
+        req = pb.GetRequest(scope=self.scope.proto(), hashes=hashes, frame_bytes=self.frame_bytes,
+                            stop_at_first_miss=stop_at_first_miss)
+        try:
+            async for msg in self._stub.Get(req, timeout=self.timeout, metadata=self._metadata):
+                asm.feed(msg)
+        except grpc.RpcError as exc:
+            raise wire.translate(exc) from None
+        return asm.results
+
+    async def stats(self) -> apb.StatsResponse:
+        return await self._call(self.admin.Stats, apb.StatsRequest())
+
+    async def list_entries(self, **filters) -> apb.ListEntriesResponse:
+        return await self._call(self.admin.ListEntries, apb.ListEntriesRequest(**filters))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,127 @@
+"""Pure helpers shared by the sync and async SDK clients: building Put streams, assembling Gets.
+
+Both clients are thin shells over these, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from kvbucket.core import errors
+from kvbucket.core.codecs import Codec, compress
+from kvbucket.core.keys import DTYPE_SIZES, Layout
+from kvbucket.core.record import checksum
+from kvbucket.proto import store_pb2 as pb
+
+DEFAULT_FRAME = 1 << 20
+TIER_NAMES = {pb.TIER_RAM: "ram", pb.TIER_NVME: "nvme", pb.TIER_S3: "s3"}
+
+_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+class RemoteError(errors.KVBucketError):
+    """A status the SDK has no class for; `.code` has it."""
+
+
+def translate(exc: grpc.RpcError) -> errors.KVBucketError:
+    """The core error class for a gRPC status, carrying the daemon's message and the code."""
+    code = exc.code()
+    err = _ERRORS.get(code, RemoteError)(exc.details() or code.name)
+    err.code = code
+    return err
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    hits: int  # leading hashes present
+    tiers: list[str]  # fastest tier of each of them
+
+    def tokens(self, tokens_per_chunk: int) -> int:
+        return self.hits * tokens_per_chunk
+
+
+def layout_proto(layout: Layout) -> pb.Layout:
+    return pb.Layout(
+        dtype=layout.dtype, shape=layout.shape, tokens_per_chunk=layout.tokens_per_chunk,
+        tp_rank=layout.tp_rank, tp_size=layout.tp_size,
+    )
+
+
+def as_bytes(data) -> memoryview:
+    """A flat byte view of bytes, bytearray, memoryview, numpy arrays or (CPU) torch tensors."""
+    if hasattr(data, "untyped_storage"):  # torch.Tensor, without importing torch
+        import torch
+
+        data = data.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+    mv = memoryview(data)
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+
+
+def put_stream(
+    scope: pb.Scope, items: Iterable[tuple[bytes, object, int]], *, codec: Codec, frame: int
+) -> Iterator[pb.PutRequest]:
+    """header, data*, header, data*, ... for `(hash, payload, tokens)` items."""
+    layout = scope.layout
+    typesize = DTYPE_SIZES.get(layout.dtype, 1)
+    for h, data, tokens in items:
+        raw = as_bytes(data)
+        payload = memoryview(compress(codec, raw, typesize)) if codec is not Codec.NONE else raw
+        yield pb.PutRequest(header=pb.ChunkHeader(
+            scope=scope, hash=h, codec=int(codec), raw_length=len(raw), payload_length=len(payload),
+            checksum=checksum(raw), tokens=tokens, dtype=layout.dtype, shape=layout.shape,
+        ))
+        for off in range(0, len(payload), frame):
+            yield pb.PutRequest(data=bytes(payload[off : off + frame]))
+
+
+class GetAssembler:
+    """Turns a Get response stream into one buffer (or None) per requested hash, verified."""
+
+    def __init__(self, n: int, out: list | None = None) -> None:
+        self.results: list[memoryview | None] = [None] * n
+        self._out = out  # optional caller buffers, one per hash
+        self._buf: memoryview | None = None
+        self._header: pb.ChunkHeader | None = None
+        self._filled = 0
+
+    def feed(self, msg: pb.GetResponse) -> None:
+        part = msg.WhichOneof("part")
+        if part == "header":
+            h = msg.header
+            self._header = h
+            target = self._out[h.index] if self._out is not None else None
+            if target is not None:
+                mv = as_bytes(target)
+                if len(mv) < h.raw_length:
+                    raise errors.InvalidArgument(f"output buffer {h.index} holds {len(mv)} bytes, chunk is {h.raw_length}")
+                self._buf = mv[: h.raw_length]
+            else:
+                self._buf = memoryview(bytearray(h.raw_length))
+            self._filled = 0
+        elif part == "data":
+            n = len(msg.data)
+            self._buf[self._filled : self._filled + n] = msg.data
+            self._filled += n
+            if self._filled == len(self._buf):
+                self._finish()
+        # a miss leaves None in place
+
+    def _finish(self) -> None:
+        h = self._header
+        if checksum(self._buf) != h.checksum:
+            raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum after transfer")
+        self.results[h.index] = self._buf
+        self._header = self._buf = None

@@ -1,0 +1,169 @@
+"""Assemble and run the daemon: tiers from settings, the store, gRPC services, metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+import kvbucket
+from kvbucket.core.buffers import tune_malloc
+from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
+from kvbucket.server.admin import AdminService
+from kvbucket.server.auth import Authenticator
+from kvbucket.server.metrics import Metrics
+from kvbucket.server.service import KVBucketService, Limits
+from kvbucket.server.settings import Settings
+from kvbucket.server.store import TieredStore
+from kvbucket.server.tiers.base import EntryMeta, Tier
+
+log = logging.getLogger("kvbucket")
+
+
+def build_tiers(settings: Settings) -> list[Tier]:
+    """The enabled tiers, fastest first. Heavy tier modules are imported only when enabled."""
+    tiers: list[Tier] = []
+    if settings.ram.enabled:
+        from kvbucket.server.tiers.memory import MemoryTier
+
+        tiers.append(MemoryTier(int(settings.ram.capacity), policy=settings.ram.policy))
+    if settings.nvme.enabled:
+        from kvbucket.server.tiers.rocks import RocksTier
+
+        tiers.append(RocksTier(settings.nvme_path, int(settings.nvme.capacity), policy=settings.nvme.policy))
+    if settings.s3.enabled:
+        from kvbucket.server.tiers.s3 import S3Tier
+
+        s3 = settings.s3
+        if not s3.bucket:
+            raise SystemExit("s3 is enabled but no bucket is set (--s3-bucket or KVBUCKET_S3__BUCKET)")
+        tiers.append(S3Tier(
+            s3.bucket, prefix=s3.prefix, endpoint_url=s3.endpoint_url, region=s3.region,
+            access_key=s3.access_key, secret_key=s3.secret_key, path_style=s3.path_style,
+            manifest_refresh_s=s3.manifest_refresh_seconds, timeout_s=s3.timeout_seconds,
+        ))
+    if not tiers:
+        raise SystemExit("no tier is enabled: turn on at least one of ram, nvme, s3")
+    return tiers
+
+
+def write_through_policy(settings: Settings):
+    persist = set(settings.s3.persist_namespaces)
+
+    def admits(tier: str, key, meta: EntryMeta) -> bool:
+        if tier == "nvme":
+            return settings.nvme.admission == "write-through"
+        if tier == "s3":
+            return "*" in persist or key.namespace in persist
+        return True
+
+    return admits
+
+
+class Daemon:
+    """A running kvbucket: `await Daemon(settings).start()`, then `await daemon.stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.auth = Authenticator.from_file(settings.auth.tokens_file, settings.default_namespace)
+        self.store = TieredStore(
+            build_tiers(settings), self.metrics, write_through=write_through_policy(settings),
+            queue_depth={"nvme": settings.nvme.queue_depth, "s3": settings.s3.queue_depth},
+        )
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = -1
+
+    async def start(self) -> None:
+        s = self.settings
+        for t in self.store.tiers:
+            opener = getattr(t, "open", None)
+            if opener is not None:
+                await opener()
+        await self.store.start()
+        self.metrics.watch_tiers(self.store.stats)
+        frame = int(s.max_frame_bytes)
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", frame + (64 << 10)),
+            ("grpc.max_send_message_length", frame + (64 << 10)),
+            ("grpc.so_reuseport", 0),
+        ])
+        store_pb2_grpc.add_KVBucketServicer_to_server(
+            KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes))), self.server
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(self.store, self.auth, self.metrics, kvbucket.__version__), self.server
+        )
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
+        reflection.enable_server_reflection(
+            (
+                store_pb2.DESCRIPTOR.services_by_name["KVBucket"].full_name,
+                admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        address = f"{s.host}:{s.port}"
+        if s.auth.tls_cert and s.auth.tls_key:
+            creds = grpc.ssl_server_credentials([(s.auth.tls_key.read_bytes(), s.auth.tls_cert.read_bytes())])
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if s.unix_socket is not None:
+            s.unix_socket.parent.mkdir(parents=True, exist_ok=True)
+            s.unix_socket.unlink(missing_ok=True)
+            self.server.add_insecure_port(f"unix:{s.unix_socket}")
+        await self.server.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self._announce()
+
+    def _announce(self) -> None:
+        s = self.settings
+        info = {
+            "url": f"kvbucket://{s.host}:{self.port}",
+            "port": self.port,
+            "unix_url": f"kvbucket+unix://{s.unix_socket}" if s.unix_socket else None,
+            "metrics_url": f"http://{s.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port >= 0 else None,
+            "tiers": [t.name for t in self.store.tiers],
+            "auth": self.auth.enabled,
+        }
+        log.info("kvbucket %s serving %s", kvbucket.__version__, json.dumps(info))
+        if s.ready_file is not None:
+            tmp = Path(f"{s.ready_file}.tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(s.ready_file)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.store.close()
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, then stop cleanly (flushing write-behind queues)."""
+    tune_malloc()
+    daemon = Daemon(settings)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await daemon.stop()

@@ -1,0 +1,77 @@
+"""Prometheus metrics on the daemon's own registry, injected into the parts that count.
+
+Names are kvbucket_<layer>_<what>; labels are bounded (op, tier, reason, status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "kvbucket_server_requests", "RPCs handled, by op and status code", ["op", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "kvbucket_server_request_seconds", "RPC latency by op", ["op"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.rejected = Counter(
+            "kvbucket_server_rejected", "Requests refused, by reason", ["reason"], registry=r
+        )
+        self.bytes = Counter("kvbucket_server_bytes", "Payload bytes moved, by direction", ["direction"], registry=r)
+        self.tier_seconds = Histogram(
+            "kvbucket_tier_op_seconds", "Tier operation latency", ["tier", "op"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.hits = Counter("kvbucket_store_hits", "Chunks found, by the tier that served them", ["tier"], registry=r)
+        self.misses = Counter("kvbucket_store_misses", "Chunks asked for and not found", registry=r)
+        self.lookup_keys = Counter("kvbucket_store_lookup_keys", "Hashes asked by Lookup", registry=r)
+        self.lookup_hits = Counter("kvbucket_store_lookup_hits", "Hashes found by Lookup", registry=r)
+        self.tokens_served = Counter("kvbucket_store_tokens_served", "Tokens in chunks served by Get", registry=r)
+        self.evictions = Counter("kvbucket_store_evictions", "Entries evicted, by tier", ["tier"], registry=r)
+        self.demotions = Counter("kvbucket_store_demotions", "Entries written to a slower tier", ["tier"], registry=r)
+        self.promotions = Counter("kvbucket_store_promotions", "Entries copied up to a faster tier", ["tier"], registry=r)
+        self.corrupt = Counter(
+            "kvbucket_store_corrupt", "Records that failed their checksum (removed, served as a miss)", ["tier"], registry=r
+        )
+        self.tier_errors = Counter(
+            "kvbucket_store_tier_errors", "Tier failures degraded to a miss or a dropped write", ["tier", "op"], registry=r
+        )
+        self.queue_depth = Gauge("kvbucket_store_queue_depth", "Write-behind queue depth", ["tier"], registry=r)
+        self.queue_dropped = Counter(
+            "kvbucket_store_queue_dropped", "Write-behind items dropped (queue full or tier down)", ["tier"], registry=r
+        )
+
+    def watch_tiers(self, stats: Callable[[], dict[str, object]]) -> None:
+        """Expose entries/bytes/capacity per tier, read at scrape time from `stats()`."""
+        self.registry.register(_TierCollector(stats))
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint; returns the bound port (port 0 picks one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_address[1]
+
+
+class _TierCollector:
+    def __init__(self, stats: Callable[[], dict[str, object]]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        entries = GaugeMetricFamily("kvbucket_tier_entries", "Entries held, by tier", labels=["tier"])
+        size = GaugeMetricFamily("kvbucket_tier_bytes", "Bytes held (stored form), by tier", labels=["tier"])
+        cap = GaugeMetricFamily("kvbucket_tier_capacity_bytes", "Capacity (0: unbounded), by tier", labels=["tier"])
+        for name, s in self._stats().items():
+            entries.add_metric([name], s.entries)
+            size.add_metric([name], s.bytes)
+            cap.add_metric([name], s.capacity_bytes)
+        yield from (entries, size, cap)
+
+    def describe(self):
+        return []

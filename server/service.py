@@ -1,0 +1,210 @@
+"""The data-plane servicer: a thin adapter from the wire (proto/store.proto) to the TieredStore."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from kvbucket.core.codecs import Codec, decompress
+from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted
+from kvbucket.core.keys import EntryKey, Layout, check_hash
+from kvbucket.core.record import Record, RecordHeader, checksum, validate_against_layout
+from kvbucket.proto import store_pb2 as pb
+from kvbucket.proto import store_pb2_grpc
+from kvbucket.server.auth import Authenticator, Caller
+from kvbucket.server.errors import rpc
+from kvbucket.server.metrics import Metrics
+from kvbucket.server.store import TieredStore
+from kvbucket.server.tiers.base import EntryMeta
+
+TIER_ENUM = {"ram": pb.TIER_RAM, "nvme": pb.TIER_NVME, "s3": pb.TIER_S3}
+DEFAULT_FRAME = 1 << 20
+MAX_KEYS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_frame_bytes: int = 4 << 20
+    max_chunk_bytes: int = 256 << 20
+
+
+def layout_from_proto(msg: pb.Layout) -> Layout:
+    return Layout(
+        dtype=msg.dtype,
+        shape=tuple(msg.shape),
+        tokens_per_chunk=msg.tokens_per_chunk,
+        tp_rank=msg.tp_rank,
+        tp_size=msg.tp_size or 1,
+    )
+
+
+class _Incoming:
+    """One chunk of a Put stream, assembled into a single buffer as its frames arrive."""
+
+    __slots__ = ("key", "header", "layout", "buf", "filled")
+
+    def __init__(self, key: EntryKey, header: pb.ChunkHeader, layout: Layout) -> None:
+        self.key = key
+        self.header = header
+        self.layout = layout
+        self.buf = bytearray(header.payload_length)
+        self.filled = 0
+
+    def write(self, data: bytes) -> None:
+        end = self.filled + len(data)
+        if end > len(self.buf):
+            raise InvalidArgument(
+                f"chunk {self.key.hash.hex()[:16]}: frames carry more than the declared "
+                f"payload_length {len(self.buf)}"
+            )
+        self.buf[self.filled : end] = data
+        self.filled = end
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.buf)
+
+    def truncated(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"chunk {self.key.hash.hex()[:16]} is truncated: {self.filled} of {len(self.buf)} payload bytes "
+            "arrived; nothing was stored for it"
+        )
+
+
+class KVBucketService(store_pb2_grpc.KVBucketServicer):
+    def __init__(self, store: TieredStore, auth: Authenticator, metrics: Metrics, limits: Limits) -> None:
+        self.store = store
+        self.auth = auth
+        self.metrics = metrics
+        self.limits = limits
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _caller(self, context) -> Caller:
+        return self.auth.authenticate(context.invocation_metadata())
+
+    def _scope(self, caller: Caller, scope: pb.Scope) -> tuple[str, str, Layout]:
+        if not scope.HasField("layout"):
+            raise InvalidArgument("scope.layout is required (dtype, shape, tokens_per_chunk)")
+        layout = layout_from_proto(scope.layout)
+        namespace = self.auth.namespace(caller, scope.namespace)
+        return namespace, scope.model, layout
+
+    def _keys(self, caller: Caller, scope: pb.Scope, hashes) -> list[EntryKey]:
+        if len(hashes) > MAX_KEYS:
+            raise InvalidArgument(f"{len(hashes)} hashes in one call; the limit is {MAX_KEYS}")
+        namespace, model, layout = self._scope(caller, scope)
+        fp = layout.fingerprint()
+        return [EntryKey(namespace, model, fp, check_hash(h)) for h in hashes]
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    @rpc("lookup")
+    async def Lookup(self, request: pb.LookupRequest, context) -> pb.LookupResponse:
+        keys = self._keys(self._caller(context), request.scope, request.hashes)
+        tiers = self.store.lookup(keys)
+        return pb.LookupResponse(hits=len(tiers), tiers=[TIER_ENUM[t] for t in tiers])
+
+    @rpc("exists")
+    async def Exists(self, request: pb.ExistsRequest, context) -> pb.ExistsResponse:
+        keys = self._keys(self._caller(context), request.scope, request.hashes)
+        return pb.ExistsResponse(present=self.store.exists(keys))
+
+    @rpc("delete")
+    async def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
+        keys = self._keys(self._caller(context), request.scope, request.hashes)
+        deleted = 0
+        for k in keys:
+            deleted += await self.store.delete(k)
+        return pb.DeleteResponse(deleted=deleted)
+
+    @rpc("put")
+    async def Put(self, request_iterator, context) -> pb.PutResponse:
+        caller = self._caller(context)
+        results: list[pb.ChunkResult] = []
+        pending: _Incoming | None = None
+        async for msg in request_iterator:
+            part = msg.WhichOneof("part")
+            if part == "header":
+                if pending is not None:
+                    raise pending.truncated()
+                pending = self._begin(caller, msg.header)
+            elif part == "data":
+                if pending is None:
+                    raise InvalidArgument("a data frame arrived before any chunk header")
+                pending.write(msg.data)
+                if pending.complete:
+                    results.append(await self._commit(pending))
+                    pending = None
+            else:
+                raise InvalidArgument("empty PutRequest: set either header or data")
+        if pending is not None:
+            raise pending.truncated()
+        return pb.PutResponse(results=results)
+
+    def _begin(self, caller: Caller, h: pb.ChunkHeader) -> _Incoming:
+        namespace, model, layout = self._scope(caller, h.scope)
+        key = EntryKey(namespace, model, layout.fingerprint(), check_hash(h.hash))
+        Codec.parse(h.codec)
+        validate_against_layout(h.dtype, tuple(h.shape), h.raw_length, layout)
+        if h.tokens > layout.tokens_per_chunk:
+            raise InvalidArgument(f"chunk covers {h.tokens} tokens, more than tokens_per_chunk {layout.tokens_per_chunk}")
+        if h.raw_length > self.limits.max_chunk_bytes or h.payload_length > self.limits.max_chunk_bytes:
+            self.metrics.rejected.labels("chunk_too_large").inc()
+            raise ResourceExhausted(
+                f"chunk of {h.raw_length} bytes exceeds this daemon's max_chunk_bytes {self.limits.max_chunk_bytes}"
+            )
+        if h.payload_length == 0:
+            raise InvalidArgument("payload_length is 0: a chunk carries at least one byte")
+        if h.codec == pb.CODEC_NONE and h.payload_length != h.raw_length:
+            raise InvalidArgument(f"codec none: payload_length {h.payload_length} != raw_length {h.raw_length}")
+        return _Incoming(key, h, layout)
+
+    async def _commit(self, inc: _Incoming) -> pb.ChunkResult:
+        h = inc.header
+        codec = Codec(h.codec)
+        if codec is Codec.NONE:
+            raw = inc.buf
+        else:
+            raw = await asyncio.to_thread(decompress, codec, inc.buf, h.raw_length)
+        if checksum(raw) != h.checksum:
+            self.metrics.rejected.labels("checksum").inc()
+            raise DataLoss(
+                f"chunk {inc.key.hash.hex()[:16]}: bytes do not match the header checksum (corrupted in transit?); "
+                "nothing was stored for it"
+            )
+        tokens = h.tokens or inc.layout.tokens_per_chunk
+        header = RecordHeader(Codec.NONE, h.dtype, tuple(h.shape), h.raw_length, h.raw_length, h.checksum, tokens)
+        now = time.time()
+        meta = EntryMeta(
+            key=inc.key, tokens=tokens, raw_bytes=h.raw_length, stored_bytes=h.raw_length, codec=Codec.NONE,
+            created=now, last_access=now, dtype=h.dtype, shape=tuple(h.shape),
+        )
+        await self.store.put(inc.key, Record(header, raw), meta)
+        self.metrics.bytes.labels("in").inc(h.payload_length)
+        return pb.ChunkResult(hash=h.hash, stored=True)
+
+    @rpc("get")
+    async def Get(self, request: pb.GetRequest, context):
+        keys = self._keys(self._caller(context), request.scope, request.hashes)
+        frame = min(max(request.frame_bytes or DEFAULT_FRAME, 64 << 10), self.limits.max_frame_bytes)
+        for i, key in enumerate(keys):
+            async with self.store.reading(key) as rec:
+                if rec is None:
+                    yield pb.GetResponse(miss=pb.Miss(hash=key.hash, index=i))
+                    if request.stop_at_first_miss:
+                        return
+                    continue
+                h = rec.header
+                yield pb.GetResponse(
+                    header=pb.ChunkHeader(
+                        hash=key.hash, codec=pb.CODEC_NONE, raw_length=h.raw_length, payload_length=h.raw_length,
+                        checksum=h.checksum, tokens=h.tokens, dtype=h.dtype, shape=h.shape, index=i,
+                    )
+                )
+                mv = memoryview(rec.payload)
+                for off in range(0, len(mv), frame):
+                    yield pb.GetResponse(data=bytes(mv[off : off + frame]))
+                self.metrics.bytes.labels("out").inc(len(mv))
+                self.metrics.tokens_served.inc(h.tokens)
