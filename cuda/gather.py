@@ -1,0 +1,163 @@
+"""Gather the KV blocks of all layers into one chunk, and scatter a chunk back.
+
+Chunk: ``[num_layers, 2, len(block_ids) * block_size, num_heads, head_size]``, the shape a
+connector stores. Layouts: see ``kv_index``. CUDA caches go through the ``kvbucket_cuda``
+extension when it is built (one launch for all layers and blocks, straight into a CUDA or
+pinned chunk); everything else takes a torch indexing path that works on CPU and CUDA
+alike. Both compute rows with the same ``kv_index`` math. On CUDA the copy is queued on
+``stream`` (default: the current stream); synchronize it before reading a host chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from types import ModuleType
+
+import torch
+
+from kvbucket.cuda import build
+from kvbucket.cuda.kv_index import KvDims, KvStrides, PagedLayout, cache_row, chunk_shape, describe
+
+BlockIds = torch.Tensor | Sequence[int]
+
+
+def gather_blocks(
+    kv_caches: Sequence[torch.Tensor],
+    block_ids: BlockIds,
+    layout: str | PagedLayout,
+    out: torch.Tensor | None = None,
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> torch.Tensor:
+    """Copy blocks ``block_ids`` of every layer into ``out`` (allocated on the caches' device if None)."""
+    lay, strides, dims = _describe_layers(kv_caches, layout)
+    ids = _block_ids(block_ids, dims)
+    shape = chunk_shape(len(kv_caches), dims, ids.numel())
+    if out is None:
+        out = torch.empty(shape, dtype=kv_caches[0].dtype, device=kv_caches[0].device)
+    _check_chunk(out, shape, kv_caches[0])
+    _copy(kv_caches, ids, lay, strides, dims, out, to_chunk=True, stream=stream)
+    return out
+
+
+def scatter_blocks(
+    chunk: torch.Tensor,
+    kv_caches: Sequence[torch.Tensor],
+    block_ids: BlockIds,
+    layout: str | PagedLayout,
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> None:
+    """Copy ``chunk`` into blocks ``block_ids`` of every layer (ids must be distinct)."""
+    lay, strides, dims = _describe_layers(kv_caches, layout)
+    ids = _block_ids(block_ids, dims)
+    _check_chunk(chunk, chunk_shape(len(kv_caches), dims, ids.numel()), kv_caches[0])
+    _copy(kv_caches, ids, lay, strides, dims, chunk, to_chunk=False, stream=stream)
+
+
+def row_offsets(strides: KvStrides, dims: KvDims, block_ids: torch.Tensor) -> torch.Tensor:
+    """Element offset of each chunk row of one layer, shape ``[2, tokens, num_heads]``.
+
+    ``kv_index.cache_row`` evaluated on broadcast tensors, in chunk row order.
+    """
+    dev = block_ids.device
+    kv = torch.arange(2, device=dev).view(2, 1, 1, 1)
+    block = block_ids.view(1, -1, 1, 1)
+    token = torch.arange(dims.block_size, device=dev).view(1, 1, -1, 1)
+    head = torch.arange(dims.num_heads, device=dev).view(1, 1, 1, -1)
+    rows = cache_row(strides, block, kv, token, head)
+    return rows.reshape(2, -1, dims.num_heads)
+
+
+def copy_torch(
+    kv_caches: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    strides: KvStrides,
+    dims: KvDims,
+    chunk: torch.Tensor,
+    *,
+    to_chunk: bool,
+) -> None:
+    """The torch path: index_select / index_copy_ over a flat view of each layer."""
+    d = dims.head_size
+    rows = row_offsets(strides, dims, block_ids.to(kv_caches[0].device)).reshape(-1)
+    if all(s % d == 0 for s in (strides.kv, strides.block, strides.token, strides.head)):
+        index, width = rows // d, d  # whole rows of a [n, head_size] view
+    else:
+        index, width = (rows[:, None] + torch.arange(d, device=rows.device)).reshape(-1), 1
+    extent = 1 + sum((n - 1) * s for n, s in zip(kv_caches[0].shape, kv_caches[0].stride()))
+    for layer, cache in enumerate(kv_caches):
+        flat = cache.as_strided((extent // width, width), (width, 1), cache.storage_offset())
+        part = chunk[layer].view(-1, width)
+        if to_chunk:
+            part.copy_(flat.index_select(0, index), non_blocking=True)
+        else:
+            # non_blocking only towards the GPU: a GPU->CPU copy would land unsynchronized.
+            flat.index_copy_(0, index, part.to(cache.device, non_blocking=cache.is_cuda))
+
+
+@functools.cache
+def _extension() -> ModuleType | None:
+    return build.load_built() if torch.cuda.is_available() else None
+
+
+def _copy(kv_caches, ids, layout, strides, dims, chunk, *, to_chunk, stream) -> None:
+    first = kv_caches[0]
+    ext = _extension() if first.is_cuda else None
+    if ext is not None and not (chunk.is_cuda or chunk.is_pinned()):
+        ext = None  # the kernel cannot reach pageable memory; torch stages it
+    if not first.is_cuda:
+        copy_torch(kv_caches, ids, strides, dims, chunk, to_chunk=to_chunk)
+        return
+    stream = stream or torch.cuda.current_stream(first.device)
+    with torch.cuda.device(first.device), torch.cuda.stream(stream):
+        ids = ids.to(first.device, non_blocking=True)
+        if ext is None:
+            copy_torch(kv_caches, ids, strides, dims, chunk, to_chunk=to_chunk)
+        else:
+            table = _pointer_table(first.device, tuple(t.data_ptr() for t in kv_caches))
+            ext.copy_blocks(list(kv_caches), table, ids, chunk, int(layout), to_chunk, stream.cuda_stream)
+
+
+@functools.lru_cache(maxsize=16)
+def _pointer_table(device: torch.device, ptrs: tuple[int, ...]) -> torch.Tensor:
+    # Built once per set of registered caches; synchronized so any stream may use it.
+    table = torch.tensor(ptrs, dtype=torch.int64, device=device)
+    torch.cuda.synchronize(device)
+    return table
+
+
+def _describe_layers(kv_caches: Sequence[torch.Tensor], layout: str | PagedLayout):
+    if not kv_caches:
+        raise ValueError("no kv cache layers")
+    lay = PagedLayout.parse(layout)
+    first = kv_caches[0]
+    for t in kv_caches[1:]:
+        same = (t.device, t.dtype, t.shape, t.stride()) == (first.device, first.dtype, first.shape, first.stride())
+        if not same:
+            raise ValueError("all kv cache layers must share device, dtype, shape and strides")
+    strides, dims = describe(lay, tuple(first.shape), first.stride())
+    return lay, strides, dims
+
+
+def _block_ids(block_ids: BlockIds, dims: KvDims) -> torch.Tensor:
+    ids = torch.as_tensor(block_ids, dtype=torch.int64)
+    if ids.dim() != 1:
+        raise ValueError(f"block_ids must be 1-D, got shape {tuple(ids.shape)}")
+    if not ids.is_cuda and ids.numel():  # CUDA ids are trusted: checking them would sync
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= dims.num_blocks:
+            raise IndexError(f"block ids must be in [0, {dims.num_blocks}), got [{lo}, {hi}]")
+    return ids.contiguous()
+
+
+def _check_chunk(chunk: torch.Tensor, shape: tuple[int, ...], cache: torch.Tensor) -> None:
+    if tuple(chunk.shape) != shape or chunk.dtype != cache.dtype or not chunk.is_contiguous():
+        raise ValueError(
+            f"chunk must be a contiguous {cache.dtype} tensor of shape {shape}, "
+            f"got {chunk.dtype} {tuple(chunk.shape)}"
+        )
+    if chunk.is_cuda and cache.is_cuda and chunk.device != cache.device:
+        raise ValueError(f"chunk on {chunk.device} but caches on {cache.device}")
+

@@ -1,0 +1,164 @@
+"""The torch path of gather_blocks/scatter_blocks against a naive per-element reference.
+
+The reference spells each layout the way vLLM reads it (tensor indexing, no strides), so it
+checks kv_index's stride math rather than repeating it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvbucket.cuda import gather_blocks, scatter_blocks
+from kvbucket.cuda.kv_index import LayoutMismatch
+
+LAYOUTS = ("kv_first", "blocks_first", "cpu", "bhnc")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.uint8)  # uint8 stands in for fp8
+BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
+
+
+def naive_row(cache: torch.Tensor, layout: str, kv: int, block: int, token: int, head: int) -> torch.Tensor:
+    """The head_size vector of one (k/v, block, token, head), as vLLM indexes the layout."""
+    if layout == "kv_first":
+        return cache[kv, block, token, head]
+    if layout == "blocks_first":
+        return cache[block, kv, token, head]
+    b, h, n, c = cache.shape
+    if layout == "cpu":  # CPU_ATTN: kv_cache.view(b, h, 2 * n, -1).chunk(2, dim=2)
+        return cache.view(b, h, 2 * n, c // 2)[block, head, kv * n + token]
+    d = c // 2  # bhnc: kv_cache.transpose(1, 2).split(head_size, dim=-1)
+    return cache[block, head, token, kv * d : (kv + 1) * d]
+
+
+def naive_gather(caches: list[torch.Tensor], layout: str, block_ids: list[int], dims) -> torch.Tensor:
+    num_blocks, block_size, heads, head_size = dims
+    out = torch.empty(len(caches), 2, len(block_ids) * block_size, heads, head_size, dtype=caches[0].dtype)
+    for layer, cache in enumerate(caches):
+        for kv in range(2):
+            for i, block in enumerate(block_ids):
+                for token in range(block_size):
+                    for head in range(heads):
+                        row = naive_row(cache, layout, kv, block, token, head)
+                        for d in range(head_size):
+                            out[layer, kv, i * block_size + token, head, d] = row[d]
+    return out
+
+
+def random_tensor(shape, dtype, gen: torch.Generator) -> torch.Tensor:
+    """Random bit patterns (any dtype, NaNs included: compare with bits())."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    lim = 2 ** (8 * elem - 1)
+    return torch.randint(-lim, lim, shape, generator=gen, dtype=BITS[elem]).view(dtype)
+
+
+def make_caches(layout: str, layers: int, dims, dtype, cross_layer: bool, seed: int) -> list[torch.Tensor]:
+    """Per-layer caches of random bits. cross_layer=True: views into one allocation with the
+    layer axis inside the block (vLLM's BL* layouts), so block strides are not dense."""
+    nb, n, h, d = dims
+    gen = torch.Generator().manual_seed(seed)
+    if cross_layer:
+        shape, select = {
+            "kv_first": ((2, nb, layers, n, h, d), lambda x, i: x[:, :, i]),
+            "blocks_first": ((nb, layers, 2, n, h, d), lambda x, i: x[:, i]),
+            "cpu": ((nb, layers, h, n, 2 * d), lambda x, i: x[:, i]),
+            "bhnc": ((nb, layers, n, h, 2 * d), lambda x, i: x[:, i].transpose(1, 2)),  # BLNHC
+        }[layout]
+        full = random_tensor(shape, dtype, gen)
+        return [select(full, i) for i in range(layers)]
+    shape, view = {
+        "kv_first": ((2, nb, n, h, d), lambda x: x),
+        "blocks_first": ((nb, 2, n, h, d), lambda x: x),
+        "cpu": ((nb, h, n, 2 * d), lambda x: x),
+        "bhnc": ((nb, n, h, 2 * d), lambda x: x.transpose(1, 2)),  # vLLM's default LBNHC
+    }[layout]
+    return [view(random_tensor(shape, dtype, gen)) for _ in range(layers)]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(BITS[t.element_size()])
+
+
+cases = st.fixed_dictionaries(
+    {
+        "layout": st.sampled_from(LAYOUTS),
+        "layers": st.integers(1, 3),
+        "num_blocks": st.integers(1, 5),
+        "block_size": st.integers(1, 4),
+        "heads": st.integers(1, 3),
+        "head_size": st.integers(1, 6),
+        "dtype": st.sampled_from(DTYPES),
+        "cross_layer": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases, data=st.data())
+def test_gather_matches_naive_reference(case, data) -> None:
+    dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
+    caches = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
+    block_ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), max_size=4), label="block_ids")
+    chunk = gather_blocks(caches, block_ids, case["layout"])
+    assert torch.equal(bits(chunk), bits(naive_gather(caches, case["layout"], block_ids, dims)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases, data=st.data())
+def test_scatter_inverts_gather_and_touches_nothing_else(case, data) -> None:
+    dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
+    caches = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
+    ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), unique=True, max_size=4), label="block_ids")
+    chunk = gather_blocks(caches, torch.tensor(ids, dtype=torch.int64), case["layout"])
+    targets = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"] + 1)
+    before = [bits(t).clone() for t in targets]
+    # put the blocks back at a shuffled position: block ids[i] of the source -> perm[i] of the target
+    perm = data.draw(st.permutations(range(case["num_blocks"])), label="perm")[: len(ids)]
+    scatter_blocks(chunk, targets, perm, case["layout"])
+    assert torch.equal(bits(gather_blocks(targets, perm, case["layout"])), bits(chunk))
+    untouched = sorted(set(range(case["num_blocks"])) - set(perm))
+    if untouched:
+        assert torch.equal(
+            bits(gather_blocks(targets, untouched, case["layout"])),
+            bits(naive_gather([b.view(case["dtype"]) for b in before], case["layout"], untouched, dims)),
+        )
+
+
+def test_gather_into_given_out_returns_it() -> None:
+    caches = [torch.arange(2 * 4 * 2 * 3 * 8, dtype=torch.float32).view(2, 4, 2, 3, 8) + 1000 * i for i in range(2)]
+    out = torch.full((2, 2, 4, 3, 8), -1.0)
+    got = gather_blocks(caches, [2, 0], "kv_first", out=out)
+    assert got is out
+    assert torch.equal(out[1, 0, :2], caches[1][0, 2]) and torch.equal(out[1, 1, 2:], caches[1][1, 0])
+
+
+def test_empty_block_list_gives_an_empty_chunk() -> None:
+    caches = [torch.zeros(3, 2, 4, 2, 8)]
+    assert gather_blocks(caches, [], "blocks_first").shape == (1, 2, 0, 2, 8)
+    scatter_blocks(torch.zeros(1, 2, 0, 2, 8), caches, [], "blocks_first")
+
+
+@pytest.mark.parametrize(
+    ("caches", "ids", "layout", "out", "error"),
+    [
+        ([], [0], "kv_first", None, ValueError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [0], "nhd_v2", None, ValueError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [3], "kv_first", None, IndexError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [-1], "kv_first", None, IndexError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [[0]], "kv_first", None, ValueError),
+        ([torch.zeros(3, 2, 4, 2, 8)], [0], "kv_first", None, LayoutMismatch),
+        ([torch.zeros(2, 3, 4, 2, 8), torch.zeros(2, 3, 4, 2, 4)], [0], "kv_first", None, ValueError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [0], "kv_first", torch.zeros(1, 2, 4, 2, 8, dtype=torch.float16), ValueError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [0], "kv_first", torch.zeros(1, 2, 8, 2, 8), ValueError),
+    ],
+)
+def test_bad_arguments_are_refused(caches, ids, layout, out, error) -> None:
+    with pytest.raises(error):
+        gather_blocks(caches, ids, layout, out=out)
+
+
+def test_scatter_refuses_a_chunk_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        scatter_blocks(torch.zeros(1, 2, 4, 2, 8), [torch.zeros(2, 3, 4, 2, 8)], [0, 1], "kv_first")
