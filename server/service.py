@@ -132,7 +132,10 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
                 pending = self._begin(caller, msg.header)
             elif part == "data":
                 if pending is None:
-                    raise InvalidArgument("a data frame arrived before any chunk header")
+                    raise InvalidArgument(
+                        "a data frame arrived with no open chunk: before any chunk header, or after the "
+                        "previous chunk's payload_length was complete"
+                    )
                 pending.write(msg.data)
                 if pending.complete:
                     results.append(await self._commit(pending))

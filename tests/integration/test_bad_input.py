@@ -14,6 +14,16 @@ from daemon import start_daemon
 
 LAYOUT = Layout("bfloat16", (2, 2, 64, 2, 32), tokens_per_chunk=64)
 DATA = bytes(range(256)) * (LAYOUT.chunk_bytes // 256)
+BIG_SHAPE = (8, 2, 256, 8, 128)  # 8 MiB in bfloat16
+BIG = bytes(8 << 20)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """One daemon for this module: every case must leave it serving for the next."""
+    d = start_daemon(tmp_path_factory.mktemp("bad-input"))
+    yield d
+    d.stop()
 
 
 @pytest.fixture
@@ -59,6 +69,7 @@ def assert_nothing_stored_and_still_serving(daemon, h: bytes = b"key") -> None:
     with Client(daemon.url, model="m", layout=LAYOUT) as c:
         assert c.get(h) is None
         assert c.put(b"after", DATA) and bytes(c.get(b"after")) == DATA
+        c.delete([b"after", b"good", b"complete"])
 
 
 CASES = {
@@ -74,15 +85,18 @@ CASES = {
     "header before chunk ends": ([header(), pb.PutRequest(data=DATA[:1000]), header(h=b"other"), *frames()],
                                  grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
     "data before header": ([*frames(), header()], grpc.StatusCode.INVALID_ARGUMENT, "before any chunk header"),
-    "too many bytes": ([header(), *frames(), pb.PutRequest(data=b"x")], grpc.StatusCode.INVALID_ARGUMENT,
+    "too many bytes": ([header(), pb.PutRequest(data=DATA + b"x")], grpc.StatusCode.INVALID_ARGUMENT,
                        "more than the declared"),
+    # the complete chunk before the stray frame is committed (each chunk is atomic on its own)
+    "frame after a complete chunk": ([header(h=b"complete"), *frames(), pb.PutRequest(data=b"x")],
+                                     grpc.StatusCode.INVALID_ARGUMENT, "no open chunk"),
     "bad namespace": ([header(scope=pb.Scope(namespace="no spaces", model="m", layout=wire.layout_proto(LAYOUT))),
                        *frames()], grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
     "bad model": ([header(scope=pb.Scope(model="", layout=wire.layout_proto(LAYOUT))), *frames()],
                   grpc.StatusCode.INVALID_ARGUMENT, "model"),
     "unknown dtype": ([header(scope=scope(dtype="complex64")), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
-    "oversized frame": ([header(data=b"\0" * (5 << 20)), pb.PutRequest(data=b"\0" * (5 << 20))],
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    "oversized frame": ([header(data=BIG, scope=scope(shape=BIG_SHAPE), shape=BIG_SHAPE),
+                         pb.PutRequest(data=BIG[: 5 << 20])], grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max"),
 }
 
 
