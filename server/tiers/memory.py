@@ -188,9 +188,8 @@ class MemoryTier(Tier):
     def set_meta(self, key: EntryKey, **changes) -> EntryMeta | None:
         unknown = set(changes) - _SETTABLE
         if unknown:
-            raise InvalidArgument(
-                f"cannot set {', '.join(sorted(unknown))} on a RAM entry; settable: {', '.join(sorted(_SETTABLE))}"
-            )
+            names, settable = ", ".join(sorted(unknown)), ", ".join(sorted(_SETTABLE))
+            raise InvalidArgument(f"cannot set {names} on a RAM entry; settable: {settable}")
         entry = self._entries.get(key.to_bytes())
         if entry is None:
             return None
