@@ -48,6 +48,8 @@ def decompress(codec: Codec, payload: bytes | memoryview, raw_length: int, out: 
         if len(payload) != raw_length:
             raise DataLoss(f"payload is {len(payload)} bytes, record says {raw_length}")
         return payload
+    if raw_length == 0:
+        return memoryview(b"")
     import blosc2
 
     dst = out if out is not None else bytearray(raw_length)
