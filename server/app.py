@@ -48,6 +48,7 @@ def build_tiers(settings: Settings) -> list[Tier]:
             s3.bucket, prefix=s3.prefix, endpoint_url=s3.endpoint_url, region=s3.region,
             access_key=s3.access_key, secret_key=s3.secret_key, path_style=s3.path_style,
             manifest_refresh_s=s3.manifest_refresh_seconds, timeout_s=s3.timeout_seconds,
+            create_bucket=s3.create_bucket,
         ))
     if not tiers:
         raise SystemExit("no tier is enabled: turn on at least one of ram, nvme, s3")

@@ -58,6 +58,7 @@ class S3Settings(BaseModel):
     queue_depth: int = 256
     manifest_refresh_seconds: float = 30.0
     timeout_seconds: float = 5.0
+    create_bucket: bool = False  # create the bucket at start when missing (test servers, first deploy)
 
 
 class AuthSettings(BaseModel):
