@@ -16,7 +16,6 @@ from kvbucket.cuda.kv_index import LayoutMismatch
 
 LAYOUTS = ("kv_first", "blocks_first", "cpu", "bhnc")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.uint8)  # uint8 stands in for fp8
-BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 
 
 def naive_row(cache: torch.Tensor, layout: str, kv: int, block: int, token: int, head: int) -> torch.Tensor:
@@ -46,40 +45,6 @@ def naive_gather(caches: list[torch.Tensor], layout: str, block_ids: list[int], 
     return out
 
 
-def random_tensor(shape, dtype, gen: torch.Generator) -> torch.Tensor:
-    """Random bit patterns (any dtype, NaNs included: compare with bits())."""
-    elem = torch.tensor([], dtype=dtype).element_size()
-    lim = 2 ** (8 * elem - 1)
-    return torch.randint(-lim, lim, shape, generator=gen, dtype=BITS[elem]).view(dtype)
-
-
-def make_caches(layout: str, layers: int, dims, dtype, cross_layer: bool, seed: int) -> list[torch.Tensor]:
-    """Per-layer caches of random bits. cross_layer=True: views into one allocation with the
-    layer axis inside the block (vLLM's BL* layouts), so block strides are not dense."""
-    nb, n, h, d = dims
-    gen = torch.Generator().manual_seed(seed)
-    if cross_layer:
-        shape, select = {
-            "kv_first": ((2, nb, layers, n, h, d), lambda x, i: x[:, :, i]),
-            "blocks_first": ((nb, layers, 2, n, h, d), lambda x, i: x[:, i]),
-            "cpu": ((nb, layers, h, n, 2 * d), lambda x, i: x[:, i]),
-            "bhnc": ((nb, layers, n, h, 2 * d), lambda x, i: x[:, i].transpose(1, 2)),  # BLNHC
-        }[layout]
-        full = random_tensor(shape, dtype, gen)
-        return [select(full, i) for i in range(layers)]
-    shape, view = {
-        "kv_first": ((2, nb, n, h, d), lambda x: x),
-        "blocks_first": ((nb, 2, n, h, d), lambda x: x),
-        "cpu": ((nb, h, n, 2 * d), lambda x: x),
-        "bhnc": ((nb, n, h, 2 * d), lambda x: x.transpose(1, 2)),  # vLLM's default LBNHC
-    }[layout]
-    return [view(random_tensor(shape, dtype, gen)) for _ in range(layers)]
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(BITS[t.element_size()])
-
-
 cases = st.fixed_dictionaries(
     {
         "layout": st.sampled_from(LAYOUTS),
@@ -97,32 +62,32 @@ cases = st.fixed_dictionaries(
 
 @settings(max_examples=60, deadline=None)
 @given(case=cases, data=st.data())
-def test_gather_matches_naive_reference(case, data) -> None:
+def test_gather_matches_naive_reference(kv, case, data) -> None:
     dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
-    caches = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
+    caches = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
     block_ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), max_size=4), label="block_ids")
     chunk = gather_blocks(caches, block_ids, case["layout"])
-    assert torch.equal(bits(chunk), bits(naive_gather(caches, case["layout"], block_ids, dims)))
+    assert torch.equal(kv.bits(chunk), kv.bits(naive_gather(caches, case["layout"], block_ids, dims)))
 
 
 @settings(max_examples=60, deadline=None)
 @given(case=cases, data=st.data())
-def test_scatter_inverts_gather_and_touches_nothing_else(case, data) -> None:
+def test_scatter_inverts_gather_and_touches_nothing_else(kv, case, data) -> None:
     dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
-    caches = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
+    caches = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
     ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), unique=True, max_size=4), label="block_ids")
     chunk = gather_blocks(caches, torch.tensor(ids, dtype=torch.int64), case["layout"])
-    targets = make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"] + 1)
-    before = [bits(t).clone() for t in targets]
+    targets = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"] + 1)
+    before = [kv.bits(t).clone() for t in targets]
     # put the blocks back at a shuffled position: block ids[i] of the source -> perm[i] of the target
     perm = data.draw(st.permutations(range(case["num_blocks"])), label="perm")[: len(ids)]
     scatter_blocks(chunk, targets, perm, case["layout"])
-    assert torch.equal(bits(gather_blocks(targets, perm, case["layout"])), bits(chunk))
+    assert torch.equal(kv.bits(gather_blocks(targets, perm, case["layout"])), kv.bits(chunk))
     untouched = sorted(set(range(case["num_blocks"])) - set(perm))
     if untouched:
         assert torch.equal(
-            bits(gather_blocks(targets, untouched, case["layout"])),
-            bits(naive_gather([b.view(case["dtype"]) for b in before], case["layout"], untouched, dims)),
+            kv.bits(gather_blocks(targets, untouched, case["layout"])),
+            kv.bits(naive_gather([b.view(case["dtype"]) for b in before], case["layout"], untouched, dims)),
         )
 
 
