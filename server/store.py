@@ -173,8 +173,7 @@ class TieredStore:
         yield rec
 
     def _hit(self, tier: Tier, key: EntryKey) -> None:
-        self.metrics.hits.labels(tier.name).inc()
-        tier.touch(key, self._clock())
+        self.metrics.hits.labels(tier.name).inc()  # the tier's own get/reading recorded the access
 
     async def _fetch_below(self, key: EntryKey) -> Record | None:
         """Single-flight read-through from the slower tiers, with promotion."""

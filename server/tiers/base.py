@@ -71,7 +71,8 @@ class Tier(abc.ABC):
     name: ClassVar[str]  # "ram" | "nvme" | "s3"
 
     @abc.abstractmethod
-    async def get(self, key: EntryKey) -> Record | None: ...
+    async def get(self, key: EntryKey) -> Record | None:
+        """The record, or None. A hit is an access: it updates recency, last access and hit count."""
 
     @abc.abstractmethod
     async def put(self, key: EntryKey, record: Record, meta: EntryMeta) -> list[Evicted]:
@@ -95,7 +96,7 @@ class Tier(abc.ABC):
     def stats(self) -> TierStats: ...
 
     def touch(self, key: EntryKey, now: float) -> None:
-        """Record a hit (recency for eviction, last access, hit count)."""
+        """Record an access without reading (recency for eviction, last access, hit count)."""
 
     def set_meta(self, key: EntryKey, **changes) -> EntryMeta | None:
         """Update index fields such as `expires_at` or `pinned`; returns the new meta."""

@@ -383,6 +383,7 @@ class RocksTier(Tier):
                 await self._discard_corrupt(key, slot)
                 return None
             self._stats.hits += 1
+            self.touch(key, self._clock())
             return record
         self._stats.misses += 1
         return None
