@@ -34,7 +34,7 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
@@ -102,14 +102,20 @@ def _part_keys(kb: bytes, nparts: int, start: int = 0) -> list[bytes]:
     return [_DATA + kb + _PART.pack(i) for i in range(start, nparts)]
 
 
-def _split(record: Record, part_bytes: int) -> list[bytes]:
-    """The encoded record cut into `part_bytes` pieces (one copy of the payload: rocksdict takes bytes)."""
+def _split(record: Record, part_bytes: int) -> Iterator[bytes]:
+    """The encoded record cut into `part_bytes` pieces, one at a time: rocksdict takes only bytes, so
+    each piece is a copy, and consuming them one by one keeps that copy in a warm, reused buffer
+    (materializing all 32 pieces of a 32 MiB chunk first made puts ~2x slower)."""
     head = record.header.encode()
     payload = memoryview(record.payload).cast("B")
-    first = part_bytes - len(head)
-    parts = [head + bytes(payload[: max(first, 0)])]
-    parts.extend(bytes(payload[i : i + part_bytes]) for i in range(max(first, 0), len(payload), part_bytes))
-    return parts
+    first = max(part_bytes - len(head), 0)
+    yield head + bytes(payload[:first])
+    for i in range(first, len(payload), part_bytes):
+        yield bytes(payload[i : i + part_bytes])
+
+
+def _count_parts(length: int, part_bytes: int) -> int:
+    return max(1, -(-length // part_bytes))
 
 
 def _placeholder(meta: EntryMeta) -> Record:
@@ -302,13 +308,18 @@ class RocksTier(Tier):
 
     def _commit(self, key, record, meta, length, victims, old) -> int:
         """One batch: victims' deletes, the parts, stale parts of the old version, the meta row."""
-        parts = _split(record, self.part_bytes)
+        nparts = _count_parts(length, self.part_bytes)
         kb = key.to_bytes()
-        puts = list(zip(_part_keys(kb, len(parts)), parts))
-        puts.append((_meta_key(kb), _MetaCodec.encode(meta, length, len(parts))))
-        stale = _part_keys(kb, old.nparts, len(parts)) if old else []
-        self._write(self._batch(puts, victims, stale))
-        return len(parts)
+        wb = self._batch(deletes=victims, extra_deletes=_part_keys(kb, old.nparts, nparts) if old else ())
+        n = 0
+        for pk, part in zip(_part_keys(kb, nparts), _split(record, self.part_bytes)):
+            wb.put(pk, part)
+            n += 1
+        if n != nparts:
+            raise DataLoss(f"record is shorter than its header says ({n} parts of {nparts})")
+        wb.put(_meta_key(kb), _MetaCodec.encode(meta, length, nparts))
+        self._write(wb)
+        return nparts
 
     def _read(self, kb: bytes, nparts: int) -> tuple[bytes | None, list[bytes | None]]:
         """The meta row and `nparts` parts in one MultiGet (one consistent view)."""
@@ -331,6 +342,8 @@ class RocksTier(Tier):
 
     async def _put_locked(self, key: EntryKey, record: Record, meta: EntryMeta) -> list[Evicted]:
         length = meta.stored_bytes  # header + payload: what the parts hold on disk
+        if memoryview(record.payload).nbytes != record.header.payload_length:
+            raise InvalidArgument("record payload length does not match its header")
         if self.capacity_bytes and length > self.capacity_bytes:
             raise ResourceExhausted(f"chunk of {length} bytes exceeds the NVMe tier capacity {self.capacity_bytes}")
         old = self._index.get(key)

@@ -212,7 +212,6 @@ async def test_capacity_evicts_least_recent_and_skips_pinned(tmp_path):
         assert t.meta(keys[2]) is None and await t.get(keys[2]) is None
         assert t.stats().evictions == 1
         assert t.stats().bytes <= t.capacity_bytes
-        big, big_meta, _ = make_entry(make_key(99), 8 << 10)
         with pytest.raises(ResourceExhausted):
             await t.put(make_key(99), *make_entry(make_key(99), 64 << 10)[:2])
         assert t.meta(make_key(99)) is None
