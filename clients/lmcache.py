@@ -124,7 +124,7 @@ class Settings:
     lookup_timeout: float = 1.0  # deadline of exists / contains
     backoff: float = 1.0  # after the daemon was unreachable, skip calls this long
     workers: int = 4  # threads serving LMCache's async calls
-    codec: str = "none"  # compression on the wire: none, lz4, blosc-lz4, blosc-zstd, ...
+    codec: str = "none"  # compression on the wire: none, lz4 or zstd (blosc2, shuffled by the KV dtype)
 
     @classmethod
     def from_extra_config(cls, extra: dict | None, plugin_name: str) -> Settings:
