@@ -50,6 +50,15 @@ class _Scope:
         return pb.Scope(namespace=self.namespace, model=self.model, layout=wire.layout_proto(self.layout))
 
 
+def _data_methods(channel):
+    """Put and Get with the wire module's frame codecs (same bytes on the wire, fewer copies)."""
+    put = channel.stream_unary(wire.PUT_METHOD, request_serializer=wire.encode_put,
+                               response_deserializer=pb.PutResponse.FromString)
+    get = channel.unary_stream(wire.GET_METHOD, request_serializer=pb.GetRequest.SerializeToString,
+                               response_deserializer=wire.decode_get)
+    return put, get
+
+
 def _credentials(ep: Endpoint):
     ca = open(ep.ca_file, "rb").read() if ep.ca_file else None
     return grpc.ssl_channel_credentials(root_certificates=ca)
@@ -96,6 +105,7 @@ class Client(_Base):
             else grpc.insecure_channel(ep.target, CHANNEL_OPTIONS)
         )
         self._stub = store_pb2_grpc.KVBucketStub(self._channel)
+        self._put, self._get = _data_methods(self._channel)
         self.admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def scoped(self, *, namespace: str | None = None, model: str | None = None, layout: Layout | None = None) -> Client:
@@ -125,7 +135,7 @@ class Client(_Base):
     def put_many(self, items: Iterable[PutItem]) -> list[bool]:
         """Store chunks in one streaming call; each is atomic on its own."""
         stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes)
-        return [r.stored for r in self._call(self._stub.Put, stream).results]
+        return [r.stored for r in self._call(self._put, stream).results]
 
     def get(self, hash: bytes) -> memoryview | None:
         return self.get_many([hash])[0]
@@ -140,7 +150,7 @@ class Client(_Base):
         req = pb.GetRequest(scope=self.scope.proto(), hashes=hashes, frame_bytes=self.frame_bytes,
                             stop_at_first_miss=stop_at_first_miss)
         try:
-            for msg in self._stub.Get(req, timeout=self.timeout, metadata=self._metadata):
+            for msg in self._get(req, timeout=self.timeout, metadata=self._metadata):
                 asm.feed(msg)
         except grpc.RpcError as exc:
             raise wire.translate(exc) from None
@@ -183,6 +193,7 @@ class AsyncClient(_Base):
             else grpc.aio.insecure_channel(ep.target, CHANNEL_OPTIONS)
         )
         self._stub = store_pb2_grpc.KVBucketStub(self._channel)
+        self._put, self._get = _data_methods(self._channel)
         self.admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def scoped(self, *, namespace: str | None = None, model: str | None = None,
@@ -214,7 +225,7 @@ class AsyncClient(_Base):
 
     async def put_many(self, items: Iterable[PutItem]) -> list[bool]:
         stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes)
-        return [r.stored for r in (await self._call(self._stub.Put, stream)).results]
+        return [r.stored for r in (await self._call(self._put, stream)).results]
 
     async def get(self, hash: bytes) -> memoryview | None:
         return (await self.get_many([hash]))[0]
@@ -228,7 +239,7 @@ class AsyncClient(_Base):
         req = pb.GetRequest(scope=self.scope.proto(), hashes=hashes, frame_bytes=self.frame_bytes,
                             stop_at_first_miss=stop_at_first_miss)
         try:
-            async for msg in self._stub.Get(req, timeout=self.timeout, metadata=self._metadata):
+            async for msg in self._get(req, timeout=self.timeout, metadata=self._metadata):
                 asm.feed(msg)
         except grpc.RpcError as exc:
             raise wire.translate(exc) from None

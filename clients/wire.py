@@ -17,6 +17,9 @@ from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
 DEFAULT_FRAME = 1 << 20
+PUT_METHOD = "/kvbucket.v1.KVBucket/Put"
+GET_METHOD = "/kvbucket.v1.KVBucket/Get"
+_DATA_TAG = b"\x12"  # field 2, length-delimited: `data` in both PutRequest and GetResponse
 TIER_NAMES = {pb.TIER_RAM: "ram", pb.TIER_NVME: "nvme", pb.TIER_S3: "s3"}
 
 _ERRORS = {
@@ -84,7 +87,48 @@ def put_stream(
             checksum=checksum(raw), tokens=tokens, dtype=layout.dtype, shape=layout.shape,
         ))
         for off in range(0, len(payload), frame):
-            yield pb.PutRequest(data=bytes(payload[off : off + frame]))
+            yield data_frame(payload[off : off + frame])
+
+
+# Data frames skip the protobuf message objects: building `PutRequest(data=bytes(view))` and
+# serializing it copies every byte three times; the encoding below is the same bytes on the wire
+# (tag, varint length, payload) for one copy. Headers, misses and replies stay protobuf messages.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def data_frame(view: memoryview) -> bytes:
+    """`PutRequest(data=view).SerializeToString()`, with one copy."""
+    return b"".join((_DATA_TAG, _varint(len(view)), view))
+
+
+def encode_put(msg: pb.PutRequest | bytes) -> bytes:
+    """Request serializer for Put: pre-encoded data frames pass through."""
+    return msg if type(msg) is bytes else msg.SerializeToString()
+
+
+def decode_get(raw: bytes) -> pb.GetResponse | memoryview:
+    """Response deserializer for Get: a data-only frame becomes a view of its payload (no copy)."""
+    if raw[:1] == _DATA_TAG:
+        n = shift = 0
+        pos = 1
+        while pos < len(raw) and shift < 64:
+            b = raw[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                if pos + n == len(raw):
+                    return memoryview(raw)[pos:]
+                break
+    return pb.GetResponse.FromString(raw)
 
 
 class GetAssembler:
@@ -97,7 +141,10 @@ class GetAssembler:
         self._header: pb.ChunkHeader | None = None
         self._filled = 0
 
-    def feed(self, msg: pb.GetResponse) -> None:
+    def feed(self, msg: pb.GetResponse | memoryview) -> None:
+        if type(msg) is memoryview:  # a data frame, from decode_get
+            self._data(msg)
+            return
         part = msg.WhichOneof("part")
         if part == "header":
             h = msg.header
@@ -112,12 +159,15 @@ class GetAssembler:
                 self._buf = memoryview(bytearray(h.raw_length))
             self._filled = 0
         elif part == "data":
-            n = len(msg.data)
-            self._buf[self._filled : self._filled + n] = msg.data
-            self._filled += n
-            if self._filled == len(self._buf):
-                self._finish()
+            self._data(msg.data)
         # a miss leaves None in place
+
+    def _data(self, data) -> None:
+        n = len(data)
+        self._buf[self._filled : self._filled + n] = data
+        self._filled += n
+        if self._filled == len(self._buf):
+            self._finish()
 
     def _finish(self) -> None:
         h = self._header
