@@ -1,0 +1,494 @@
+"""Core data-plane benchmark: kvbucket vs LMCache's own server, with the machine's physical limits.
+
+One run, same payloads for every system:
+  - kvbucket daemon (`kvbucket serve`, RAM tier) over loopback TCP through the SDK `Client`;
+  - LMCache's server (`python -m lmcache.v1.server 127.0.0.1 PORT cpu`) through LMCache's own
+    connector (`CreateConnector("lm://...")` with a CPU `LocalCPUBackend`), what an LMCache user runs;
+  - memcpy into a warm buffer and Python loopback TCP (sendall / recv_into, 4 MiB) as ceilings.
+
+Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
+Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
+model at 16 tokens per chunk = 2 MiB. Chunks move one per call, sequentially, `--rounds` times with
+fresh keys each round. Throughput is bytes / wall time of a whole pass (GB = 1e9 bytes); p50/p99 are
+per chunk (with 16 chunks x 3 rounds, p99 is close to the max). CPU s/GB is user+system time of the
+client process plus the server process over the pass, per GB moved.
+
+LMCache's PUT has no reply: its per-chunk time is the client's send; the pass ends when an EXIST
+round trip on the last key succeeds (the server handles one connection in order), so the pass
+throughput counts bytes the server has stored.
+
+    .venv/bin/python benchmarks/bench_core.py                 # ~1 minute
+    .venv/bin/python benchmarks/bench_core.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from kvbucket.clients.sdk import Client
+from kvbucket.core.buffers import tune_malloc
+from kvbucket.core.keys import Layout
+
+REPO = Path(__file__).resolve().parent.parent
+BIG_SHAPE = (32, 2, 256, 8, 128)  # Llama-3-8B, 256 tokens, bf16: 32 MiB
+SMALL_SHAPE = (32, 2, 16, 8, 128)  # the same model, 16 tokens: 2 MiB
+LOOKUP_KEYS = 128
+
+
+def _load_daemon_helpers():
+    spec = importlib.util.spec_from_file_location("kvbucket_tests_daemon", REPO / "tests" / "daemon.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# -- measurement helpers -----------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    system: str
+    op: str
+    chunk_mib: float
+    chunks: int
+    gbps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s_per_gb: float | None = None
+    client_cpu_s_per_gb: float | None = None
+    server_cpu_s_per_gb: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Latency:
+    system: str
+    op: str
+    keys: int
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    note: str = ""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def cpu_seconds(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+class Meter:
+    """Wall time, per-item latencies and client/server CPU over one pass."""
+
+    def __init__(self, server: psutil.Process | None) -> None:
+        self.me = psutil.Process()
+        self.server = server
+        self.lat: list[float] = []
+        self.bytes = 0
+
+    def __enter__(self) -> Meter:
+        self.c0, self.s0 = cpu_seconds(self.me), cpu_seconds(self.server)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.client_cpu = cpu_seconds(self.me) - self.c0
+        self.server_cpu = cpu_seconds(self.server) - self.s0
+
+    def item(self, t0: float, nbytes: int) -> None:
+        self.lat.append(time.perf_counter() - t0)
+        self.bytes += nbytes
+
+
+def summarize(system: str, op: str, chunk: int, meters: list[Meter], note: str = "") -> Row:
+    total = sum(m.bytes for m in meters)
+    wall = sum(m.wall for m in meters)
+    gb = total / 1e9
+    lat = [x for m in meters for x in m.lat]
+    c = sum(m.client_cpu for m in meters) / gb
+    s = sum(m.server_cpu for m in meters) / gb
+    has_server = any(m.server is not None for m in meters)
+    return Row(system, op, chunk / (1 << 20), len(lat), gb / wall, pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3,
+               c + s, c, s if has_server else None, note)
+
+
+# -- physical limits ---------------------------------------------------------------------------
+
+
+def bench_memcpy(payloads: list[np.ndarray], rounds: int) -> Row:
+    dst = np.empty_like(payloads[0])
+    dst[:] = payloads[0]  # warm
+    meters = []
+    for _ in range(rounds):
+        with Meter(None) as m:
+            for p in payloads:
+                t0 = time.perf_counter()
+                np.copyto(dst, p)
+                m.item(t0, p.nbytes)
+        meters.append(m)
+    return summarize("limit", "memcpy", payloads[0].nbytes, meters, "warm destination")
+
+
+def bench_tcp(payloads: list[np.ndarray], rounds: int, block: int = 4 << 20) -> Row:
+    """sendall 4 MiB blocks over loopback to a thread doing recv_into a warm buffer (both ends here)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    total = sum(p.nbytes for p in payloads) * rounds
+    done = threading.Event()
+
+    def sink() -> None:
+        conn, _ = srv.accept()
+        buf = memoryview(bytearray(block))
+        got = 0
+        while got < total:
+            n = conn.recv_into(buf, block)
+            if n == 0:
+                break
+            got += n
+        conn.sendall(b"k")
+        conn.close()
+        done.set()
+
+    th = threading.Thread(target=sink, daemon=True)
+    th.start()
+    cli = socket.create_connection(("127.0.0.1", port))
+    meters = []
+    for _ in range(rounds):
+        with Meter(None) as m:
+            for p in payloads:
+                t0 = time.perf_counter()
+                mv = memoryview(p).cast("B")
+                for off in range(0, len(mv), block):
+                    cli.sendall(mv[off : off + block])
+                m.item(t0, p.nbytes)
+        meters.append(m)
+    cli.recv(1)  # the sink saw every byte (the last pass's tail is inside kernel buffers until here)
+    cli.close()
+    srv.close()
+    th.join(5)
+    return summarize("limit", "tcp loopback", payloads[0].nbytes, meters, "4 MiB sendall/recv_into, one process")
+
+
+# -- kvbucket ----------------------------------------------------------------------------------
+
+
+def kv_hashes(tag: str, n: int) -> list[bytes]:
+    return [f"{tag}-{i}".encode().ljust(16, b"\0") for i in range(n)]
+
+
+def bench_kvbucket(url: str, server: psutil.Process, sets: dict[str, list[np.ndarray]], rounds: int,
+                   frame: int, deadline: float) -> tuple[list[Row], list[Latency]]:
+    rows: list[Row] = []
+    lookups: list[Latency] = []
+    for label, payloads in sets.items():
+        shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
+        layout = Layout("bfloat16", shape, tokens_per_chunk=shape[2])
+        chunk = payloads[0].nbytes
+        with Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame) as kv:
+            outs = [bytearray(chunk) for _ in payloads]  # warm receive buffers for get_into
+            puts, gets, intos = [], [], []
+            for r in range(rounds):
+                if r and time.monotonic() > deadline:
+                    break
+                hashes = kv_hashes(f"{label}-r{r}", len(payloads))
+                with Meter(server) as m:
+                    for h, p in zip(hashes, payloads):
+                        t0 = time.perf_counter()
+                        if not kv.put(h, p):
+                            raise RuntimeError("kvbucket refused a put")
+                        m.item(t0, p.nbytes)
+                puts.append(m)
+                with Meter(server) as m:
+                    for h in hashes:
+                        t0 = time.perf_counter()
+                        got = kv.get(h)
+                        m.item(t0, len(got))
+                        del got
+                gets.append(m)
+                with Meter(server) as m:
+                    for h, o in zip(hashes, outs):
+                        t0 = time.perf_counter()
+                        if not kv.get_into(h, o):
+                            raise RuntimeError("kvbucket missed a chunk it stored")
+                        m.item(t0, chunk)
+                intos.append(m)
+            for i, (o, p) in enumerate(zip(outs, payloads)):
+                if o != memoryview(p).cast("B"):
+                    raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
+            rows.append(summarize("kvbucket", "PUT", chunk, puts))
+            rows.append(summarize("kvbucket", "GET", chunk, gets, "fresh result buffer"))
+            rows.append(summarize("kvbucket", "GET into", chunk, intos, "warm caller buffer"))
+            if len(payloads) >= LOOKUP_KEYS:
+                hashes = kv_hashes(f"{label}-r0", LOOKUP_KEYS)
+                assert kv.lookup(hashes).hits == LOOKUP_KEYS
+                for _ in range(50):
+                    kv.lookup(hashes)  # warm
+                lat = []
+                end = time.monotonic() + 3
+                while len(lat) < 2000 and time.monotonic() < end:
+                    t0 = time.perf_counter()
+                    kv.lookup(hashes)
+                    lat.append(time.perf_counter() - t0)
+                lookups.append(Latency("kvbucket", "Lookup (1 call)", LOOKUP_KEYS, len(lat),
+                                       pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3, "all 128 present"))
+    return rows, lookups
+
+
+# -- LMCache ---------------------------------------------------------------------------------------
+
+
+class LMCacheSide:
+    """LMCache's own connector to its own server, on CPU, as an LMCache user would run it."""
+
+    def __init__(self, port: int, max_cpu_gib: float) -> None:
+        import torch
+        from lmcache.utils import CacheEngineKey
+        from lmcache.v1.config import LMCacheEngineConfig
+        from lmcache.v1.metadata import LMCacheMetadata
+        from lmcache.v1.storage_backend.connector import CreateConnector
+        from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend
+
+        self.torch = torch
+        self.Key = CacheEngineKey
+        self.loop = asyncio.new_event_loop()
+        cfg = LMCacheEngineConfig.from_defaults(chunk_size=256, local_cpu=False, max_local_cpu_size=max_cpu_gib)
+        md = LMCacheMetadata(model_name="bench/llama-3-8b", world_size=1, local_world_size=1, worker_id=0,
+                             local_worker_id=0, kv_dtype=torch.bfloat16, kv_shape=BIG_SHAPE)
+        self.backend = LocalCPUBackend(cfg, md)
+        self.conn = CreateConnector(f"lm://127.0.0.1:{port}", self.loop, self.backend, cfg, md)
+
+    def key(self, tag: str, i: int):
+        return self.Key("bench/llama-3-8b", 1, 0, hash((tag, i)), self.torch.bfloat16)
+
+    def memory_objs(self, payloads: list[np.ndarray], shape: tuple[int, ...]):
+        layers, kv, tokens, heads, dim = shape
+        lm_shape = self.torch.Size((kv, layers, tokens, heads * dim))  # LMCache's KV_2LTD object format
+        objs = []
+        for p in payloads:
+            obj = self.backend.allocate(lm_shape, self.torch.bfloat16)
+            memoryview(obj.byte_array).cast("B")[:] = memoryview(p).cast("B")
+            objs.append(obj)
+        return objs
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.conn.close())
+        self.loop.close()
+
+
+def bench_lmcache(lm: LMCacheSide, server: psutil.Process, sets: dict[str, list[np.ndarray]], rounds: int,
+                  deadline: float) -> tuple[list[Row], list[Latency]]:
+    rows: list[Row] = []
+    lookups: list[Latency] = []
+    for label, payloads in sets.items():
+        shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
+        chunk = payloads[0].nbytes
+        objs = lm.memory_objs(payloads, shape)
+        puts, gets = [], []
+        for r in range(rounds):
+            if r and time.monotonic() > deadline:
+                break
+            keys = [lm.key(f"{label}-r{r}", i) for i in range(len(payloads))]
+            with Meter(server) as m:
+                for k, obj in zip(keys, objs):
+                    obj.ref_count_up()  # the connector drops one reference per put; we keep the object
+                    t0 = time.perf_counter()
+                    lm.run(lm.conn.put(k, obj))
+                    m.item(t0, chunk)
+                if not lm.run(lm.conn.exists(keys[-1])):  # server has taken every byte
+                    raise RuntimeError("LMCache server lost a put")
+            puts.append(m)
+            got = []
+            with Meter(server) as m:
+                for k in keys:
+                    t0 = time.perf_counter()
+                    obj = lm.run(lm.conn.get(k))
+                    m.item(t0, chunk)
+                    got.append(obj)
+            gets.append(m)
+            for i, (obj, p) in enumerate(zip(got, payloads)):
+                if obj is None or bytes(obj.byte_array) != memoryview(p).cast("B"):
+                    raise RuntimeError(f"LMCache returned different bytes for chunk {i}")
+                obj.ref_count_down()  # back to LMCache's allocator, warm for the next round
+        rows.append(summarize("lmcache", "PUT", chunk, puts, "per-chunk p50/p99 = client send"))
+        rows.append(summarize("lmcache", "GET", chunk, gets, "into LMCache's allocator"))
+        if len(payloads) >= LOOKUP_KEYS:
+            keys = [lm.key(f"{label}-r0", i) for i in range(LOOKUP_KEYS)]
+
+            async def prefix_check() -> int:
+                n = 0
+                for k in keys:
+                    if not await lm.conn.exists(k):
+                        break
+                    n += 1
+                return n
+
+            assert lm.run(prefix_check()) == LOOKUP_KEYS
+            lat = []
+            end = time.monotonic() + 3
+            while len(lat) < 300 and time.monotonic() < end:
+                t0 = time.perf_counter()
+                lm.run(prefix_check())
+                lat.append(time.perf_counter() - t0)
+            lookups.append(Latency("lmcache", "128 x EXIST", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3,
+                                   pct(lat, 0.99) * 1e3, "no batched lookup in lm://; one round trip per key"))
+        for obj in objs:
+            obj.ref_count_down()
+    return rows, lookups
+
+
+def start_lmcache_server(log_path: Path) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "lmcache.v1.server", "127.0.0.1", str(port), "cpu"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"LMCache server exited:\n{log_path.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("LMCache server did not start")
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_report(rows: list[Row], lookups: list[Latency], ratios: dict) -> None:
+    print(f"\n{'system':9} {'op':13} {'chunk':>7} {'n':>4} {'GB/s':>6} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'CPU s/GB':>9} {'client':>7} {'server':>7}  note")
+    for r in rows:
+        print(f"{r.system:9} {r.op:13} {r.chunk_mib:>5.0f}Mi {r.chunks:>4} {r.gbps:>6.2f} {r.p50_ms:>8.2f} "
+              f"{r.p99_ms:>8.2f} {fmt(r.cpu_s_per_gb, '9.2f')} {fmt(r.client_cpu_s_per_gb, '7.2f')} "
+              f"{fmt(r.server_cpu_s_per_gb, '7.2f')}  {r.note}")
+    print(f"\n{'system':9} {'lookup':16} {'keys':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  note")
+    for lk in lookups:
+        print(f"{lk.system:9} {lk.op:16} {lk.keys:>5} {lk.calls:>6} {lk.p50_ms:>8.3f} {lk.p99_ms:>8.3f}  {lk.note}")
+    print("\nratios kvbucket / LMCache (same run, GB/s):")
+    for k, v in ratios.items():
+        print(f"  {k:28} {v:5.2f}x")
+
+
+def compute_ratios(rows: list[Row]) -> dict[str, float]:
+    by = {(r.system, r.op, r.chunk_mib): r.gbps for r in rows}
+    out = {}
+    for (system, op, mib), g in by.items():
+        if system != "kvbucket":
+            continue
+        base = by.get(("lmcache", "GET" if op.startswith("GET") else op, mib))
+        if base:
+            out[f"{op} {mib:.0f} MiB"] = g / base
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--big", type=int, default=16, help="number of 32 MiB chunks (default 16)")
+    ap.add_argument("--small", type=int, default=128, help="number of 2 MiB chunks (default 128; >=128 adds Lookup)")
+    ap.add_argument("--rounds", type=int, default=3, help="passes per op, fresh keys each (default 3)")
+    ap.add_argument("--frame", type=int, default=None, help="kvbucket frame bytes (default: the SDK's)")
+    ap.add_argument("--max-seconds", type=float, default=180, help="stop adding rounds after this (default 180)")
+    ap.add_argument("--skip-lmcache", action="store_true")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+
+    tuning = tune_malloc()  # as the daemon does; LMCache's client gets warm buffers from its allocator
+    deadline = time.monotonic() + args.max_seconds
+    rng = np.random.default_rng(0)
+    sets = {}
+    if args.big:
+        sets["32MiB"] = [rng.integers(0, 256, size=32 << 20, dtype=np.uint8) for _ in range(args.big)]
+    if args.small:
+        sets["2MiB"] = [rng.integers(0, 256, size=2 << 20, dtype=np.uint8) for _ in range(args.small)]
+    rows: list[Row] = []
+    lookups: list[Latency] = []
+
+    log(f"payloads ready; malloc tuned: {tuning}")
+    for payloads in sets.values():
+        rows.append(bench_memcpy(payloads, args.rounds))
+        rows.append(bench_tcp(payloads, args.rounds))
+
+    from kvbucket.clients import wire
+
+    frame = args.frame or wire.DEFAULT_FRAME
+    daemons = _load_daemon_helpers()
+    with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
+        log("kvbucket")
+        d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB")
+        try:
+            r, lk = bench_kvbucket(d.url, psutil.Process(d.proc.pid), sets, args.rounds, frame, deadline)
+            rows += r
+            lookups += lk
+        finally:
+            d.stop()
+        if not args.skip_lmcache:
+            log("lmcache")
+            proc, port = start_lmcache_server(Path(tmp) / "lmcache.log")
+            try:
+                need = 2 * max(sum(p.nbytes for p in ps) for ps in sets.values())  # payloads + results
+                lm = LMCacheSide(port, max(1.0, need / (1 << 30) + 0.5))
+                r, lk = bench_lmcache(lm, psutil.Process(proc.pid), sets, args.rounds, deadline)
+                rows += r
+                lookups += lk
+                lm.close()
+            finally:
+                proc.terminate()
+                proc.wait(10)
+
+    ratios = compute_ratios(rows)
+    print_report(rows, lookups, ratios)
+    if args.json:
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "machine": platform.machine(), "malloc_tuned": bool(tuning), "frame_bytes": frame, "rounds": args.rounds,
+            "mem_total_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        }
+        Path(args.json).write_text(json.dumps(
+            {"meta": meta, "rows": [asdict(r) for r in rows], "lookups": [asdict(x) for x in lookups],
+             "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
