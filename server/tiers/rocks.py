@@ -41,7 +41,7 @@ from typing import ClassVar
 
 from kvbucket.core.codecs import Codec
 from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
-from kvbucket.core.keys import EntryKey
+from kvbucket.core.keys import _SEP, EntryKey, check_hash
 from kvbucket.core.record import Record, RecordHeader, decode_header, decode_record
 from kvbucket.server.policies import make_policy
 from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
@@ -55,8 +55,9 @@ _PART = struct.Struct(">I")
 class _MetaCodec:
     """Meta row: fixed struct, then dtype (ascii) and ndim x u64 shape."""
 
-    VERSION = 1
+    VERSION = 2
     FIXED = struct.Struct("<BBB?IQQQIIddd")
+    TTL = struct.Struct("<d?d")  # v2: ttl_seconds, sliding, pin_expires_at (v1 rows lack it)
 
     @classmethod
     def encode(cls, m: EntryMeta, length: int, nparts: int) -> bytes:
@@ -64,20 +65,25 @@ class _MetaCodec:
         return cls.FIXED.pack(
             cls.VERSION, int(m.codec), len(dtype), m.pinned, m.tokens, m.raw_bytes, m.stored_bytes,
             length, nparts, min(m.hits, 0xFFFFFFFF), m.created, m.last_access, m.expires_at,
-        ) + dtype + struct.pack(f"<{len(m.shape)}Q", *m.shape)
+        ) + cls.TTL.pack(m.ttl_seconds, m.sliding, m.pin_expires_at) + dtype + struct.pack(
+            f"<{len(m.shape)}Q", *m.shape)
 
     @classmethod
     def decode(cls, key: EntryKey, raw: bytes) -> tuple[EntryMeta, int, int]:
         (version, codec, dlen, pinned, tokens, raw_bytes, stored, length, nparts, hits, created,
          last_access, expires_at) = cls.FIXED.unpack_from(raw)
-        if version != cls.VERSION:
+        if version not in (1, cls.VERSION):
             raise DataLoss(f"meta row version {version} is not supported")
         off = cls.FIXED.size
+        ttl, sliding, pin_until = 0.0, False, 0.0
+        if version >= 2:
+            ttl, sliding, pin_until = cls.TTL.unpack_from(raw, off)
+            off += cls.TTL.size
         dtype = raw[off : off + dlen].decode("ascii")
         ndim = (len(raw) - off - dlen) // 8
         shape = struct.unpack_from(f"<{ndim}Q", raw, off + dlen)
-        meta = EntryMeta(key, tokens, raw_bytes, stored, Codec(codec), created, last_access, hits,
-                         expires_at, pinned, dtype, tuple(shape))
+        meta = EntryMeta(key, tokens, raw_bytes, stored, _CODECS[codec], created, last_access, hits,
+                         expires_at, pinned, dtype, tuple(shape), ttl, sliding, pin_until)
         return meta, length, nparts
 
     @classmethod
@@ -85,6 +91,41 @@ class _MetaCodec:
         """(record length, number of parts) of a meta row."""
         _, _, _, _, _, _, _, length, nparts, *_ = cls.FIXED.unpack_from(raw)
         return length, nparts
+
+
+_CODECS = {int(c): c for c in Codec}
+_set = object.__setattr__
+
+
+class _KeyParser:
+    """EntryKey.from_bytes for startup: 100k keys share a few namespace/model/layout triples, so each
+    triple is validated once (through EntryKey itself) and later keys skip the regex checks."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[bytes, tuple[str, str, str]] = {}
+
+    def parse(self, kb: bytes) -> EntryKey:
+        scope, _, h = _split_key(kb)
+        names = self._scopes.get(scope)
+        if names is None:
+            k = EntryKey.from_bytes(kb)
+            self._scopes[scope] = (k.namespace, k.model, k.layout)
+            return k
+        check_hash(h)
+        key = object.__new__(EntryKey)  # fields already validated for this scope: skip __post_init__
+        _set(key, "namespace", names[0])
+        _set(key, "model", names[1])
+        _set(key, "layout", names[2])
+        _set(key, "hash", h)
+        return key
+
+
+def _split_key(kb: bytes) -> tuple[bytes, bytes, bytes]:
+    """(scope prefix, separator, hash): the hash is everything after the third separator."""
+    i = kb.index(_SEP)
+    i = kb.index(_SEP, i + 1)
+    i = kb.index(_SEP, i + 1)
+    return kb[: i + 1], _SEP, kb[i + 1 :]
 
 
 @dataclass(slots=True)
@@ -207,15 +248,16 @@ class RocksTier(Tier):
         ro.set_iterate_upper_bound(bytes([_META[0] + 1]))
         rows = []
         bad = []
+        keys = _KeyParser()
         for mk, raw in self._db.items(from_key=_META, read_opt=ro):
             try:
-                key = EntryKey.from_bytes(mk[1:])
-                rows.append(_MetaCodec.decode(key, raw))
+                kb = mk[1:]
+                rows.append((kb, *_MetaCodec.decode(keys.parse(kb), raw)))
             except Exception:  # a meta row we cannot parse names nothing we can serve
                 bad.append(mk)
-        rows.sort(key=lambda r: r[0].last_access)
-        for meta, length, nparts in rows:
-            self._insert(_Slot(meta, length, nparts))
+        rows.sort(key=lambda r: r[1].last_access)
+        for kb, meta, length, nparts in rows:
+            self._insert(_Slot(meta, length, nparts), kb)
         for mk in bad:
             self._db.delete(mk)
         self._extra["corrupt"] += len(bad)
@@ -256,9 +298,9 @@ class RocksTier(Tier):
             self._used -= slot.length
         return slot
 
-    def _insert(self, slot: _Slot) -> None:
+    def _insert(self, slot: _Slot, kb: bytes | None = None) -> None:
         key = slot.meta.key
-        kb = key.to_bytes()
+        kb = kb or key.to_bytes()
         self._index[key] = slot
         self._by_bytes[kb] = key
         self._policy.insert(kb, slot.length)
@@ -273,14 +315,38 @@ class RocksTier(Tier):
         if over <= 0:
             return []
 
-        def protected(kb: bytes) -> bool:
-            k = self._by_bytes[kb]
-            return k == exclude or self._index[k].meta.pinned or k in self._readers or k in self._locks
-
-        chosen = self._policy.victims(over, protected)
+        chosen = self._policy.victims(over, lambda kb: self._protected(kb, exclude))
         if chosen is None:
             return None
         return [self._drop(self._by_bytes[kb], evicted=True) for kb in chosen]
+
+    def _protected(self, kb: bytes, exclude: EntryKey | None = None) -> bool:
+        k = self._by_bytes[kb]
+        return k == exclude or self._index[k].meta.pinned or k in self._readers or k in self._locks
+
+    async def resize(self, capacity_bytes: int) -> list[Evicted]:
+        """A new capacity (0: unbounded), applied at once: evicts down to it, or, when pinned and busy
+        entries hold more than it, evicts every other entry and stays over until they are released."""
+        if capacity_bytes < 0:
+            raise InvalidArgument(f"NVMe tier capacity must be >= 0, got {capacity_bytes}")
+        self.capacity_bytes = self._stats.capacity_bytes = capacity_bytes
+        self._policy.resize(capacity_bytes or 1 << 62)
+        victims = self._pick_victims(0, exclude=None)
+        if victims is None:
+            free = sum(s.length for kb, k in self._by_bytes.items() if not self._protected(kb)
+                       for s in (self._index[k],))
+            chosen = self._policy.victims(free, self._protected) or []
+            victims = [self._drop(self._by_bytes[kb], evicted=True) for kb in chosen]
+        if victims:
+            try:
+                await self._run(lambda: self._write(self._batch(deletes=victims)))
+            except BaseException:
+                for v in victims:
+                    if v.meta.key not in self._index:
+                        self._insert(v)
+                raise
+            self._stats.evictions += len(victims)
+        return [Evicted(v.meta.key, _placeholder(v.meta), v.meta) for v in victims]
 
     # ---- blocking work (executor) --------------------------------------------------------------
 
