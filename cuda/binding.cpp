@@ -1,9 +1,12 @@
 // binding.cpp: torch-facing entry of the kvbucket_cuda extension. Checks the tensors,
 // fills a KvCopyArgs (kv_index.h) and launches kvb_copy_blocks (kvbucket_cuda.cu).
-// Only torch/extension.h and the CUDA runtime header: no ATen CUDA headers, so the caller
-// (cuda/gather.py) picks the device and passes the stream as a raw handle.
+// No ATen CUDA headers (the caller, cuda/gather.py, picks the device and passes the stream
+// as a raw handle) and not all of torch/extension.h: the few headers used halve compile time.
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
-#include <torch/extension.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <cstdint>
 #include <vector>

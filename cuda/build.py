@@ -60,7 +60,9 @@ def load_built(build_dir: Path = DEFAULT_BUILD_DIR) -> ModuleType | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
     parser.add_argument("--arch", help='compute capabilities, e.g. "8.0;9.0" (default: the visible GPUs)')
     parser.add_argument("--verbose", action="store_true")

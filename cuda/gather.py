@@ -80,6 +80,8 @@ def copy_torch(
     to_chunk: bool,
 ) -> None:
     """The torch path: index_select / index_copy_ over a flat view of each layer."""
+    if block_ids.numel() == 0:
+        return
     d = dims.head_size
     rows = row_offsets(strides, dims, block_ids.to(kv_caches[0].device)).reshape(-1)
     if all(s % d == 0 for s in (strides.kv, strides.block, strides.token, strides.head)):
@@ -110,13 +112,15 @@ def _copy(kv_caches, ids, layout, strides, dims, chunk, *, to_chunk, stream) -> 
     if not first.is_cuda:
         copy_torch(kv_caches, ids, strides, dims, chunk, to_chunk=to_chunk)
         return
-    stream = stream or torch.cuda.current_stream(first.device)
+    if stream is None:
+        stream = torch.cuda.current_stream(first.device)
     with torch.cuda.device(first.device), torch.cuda.stream(stream):
         ids = ids.to(first.device, non_blocking=True)
         if ext is None:
             copy_torch(kv_caches, ids, strides, dims, chunk, to_chunk=to_chunk)
         else:
             table = _pointer_table(first.device, tuple(t.data_ptr() for t in kv_caches))
+            table.record_stream(stream)  # the table outlives this call in the cache; keep it safe to free
             ext.copy_blocks(list(kv_caches), table, ids, chunk, int(layout), to_chunk, stream.cuda_stream)
 
 
@@ -133,9 +137,9 @@ def _describe_layers(kv_caches: Sequence[torch.Tensor], layout: str | PagedLayou
         raise ValueError("no kv cache layers")
     lay = PagedLayout.parse(layout)
     first = kv_caches[0]
+    key = (first.device, first.dtype, first.shape, first.stride())
     for t in kv_caches[1:]:
-        same = (t.device, t.dtype, t.shape, t.stride()) == (first.device, first.dtype, first.shape, first.stride())
-        if not same:
+        if (t.device, t.dtype, t.shape, t.stride()) != key:
             raise ValueError("all kv cache layers must share device, dtype, shape and strides")
     strides, dims = describe(lay, tuple(first.shape), first.stride())
     return lay, strides, dims

@@ -67,30 +67,31 @@ class KvDims:
 
 def describe(layout: PagedLayout, shape: Sequence[int], stride: Sequence[int]) -> tuple[KvStrides, KvDims]:
     """Mirror of ``kv_describe``: a layer tensor's shape/strides (elements) -> strides, dims."""
+    shape, stride = tuple(shape), tuple(stride)
     ndim = len(shape)
     if layout in (PagedLayout.KV_FIRST, PagedLayout.BLOCKS_FIRST):
         if ndim != 5:
-            raise LayoutMismatch(f"{layout.name.lower()} wants a 5-D cache, got shape {tuple(shape)}")
+            raise LayoutMismatch(f"{layout.name.lower()} wants a 5-D cache, got shape {shape}")
         kv_axis = 0 if layout == PagedLayout.KV_FIRST else 1
         block_axis = 1 - kv_axis
         if shape[kv_axis] != 2:
-            raise LayoutMismatch(f"{layout.name.lower()}: axis {kv_axis} must be 2 (K, V), got {tuple(shape)}")
+            raise LayoutMismatch(f"{layout.name.lower()}: axis {kv_axis} must be 2 (K, V), got {shape}")
         if stride[4] != 1 and shape[4] != 1:
-            raise LayoutMismatch(f"head_size axis must be contiguous, strides {tuple(stride)}")
+            raise LayoutMismatch(f"head_size axis must be contiguous, strides {stride}")
         dims = KvDims(shape[block_axis], shape[2], shape[3], shape[4])
         return KvStrides(stride[kv_axis], stride[block_axis], stride[2], stride[3]), dims
     if ndim != 4:
-        raise LayoutMismatch(f"{layout.name.lower()} wants a 4-D cache, got shape {tuple(shape)}")
+        raise LayoutMismatch(f"{layout.name.lower()} wants a 4-D cache, got shape {shape}")
     if shape[3] % 2:
-        raise LayoutMismatch(f"{layout.name.lower()}: last axis is K|V and must be even, got {tuple(shape)}")
+        raise LayoutMismatch(f"{layout.name.lower()}: last axis is K|V and must be even, got {shape}")
     head_size = shape[3] // 2
     dims = KvDims(shape[0], shape[2], shape[1], head_size)
     if stride[3] != 1:
-        raise LayoutMismatch(f"last axis must be contiguous, strides {tuple(stride)}")
+        raise LayoutMismatch(f"last axis must be contiguous, strides {stride}")
     if layout == PagedLayout.BHNC:
         return KvStrides(head_size, stride[0], stride[2], stride[1]), dims
     if stride[2] != 2 * head_size and shape[2] != 1:
-        raise LayoutMismatch(f"cpu layout needs dense [block_size, 2*head_size] pages, strides {tuple(stride)}")
+        raise LayoutMismatch(f"cpu layout needs dense [block_size, 2*head_size] pages, strides {stride}")
     return KvStrides(shape[2] * head_size, stride[0], head_size, stride[1]), dims
 
 

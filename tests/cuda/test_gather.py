@@ -60,11 +60,15 @@ cases = st.fixed_dictionaries(
 )
 
 
+def caches_for(kv, case: dict, dims, seed: int):
+    return kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], seed)
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=cases, data=st.data())
 def test_gather_matches_naive_reference(kv, case, data) -> None:
     dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
-    caches = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
+    caches = caches_for(kv, case, dims, case["seed"])
     block_ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), max_size=4), label="block_ids")
     chunk = gather_blocks(caches, block_ids, case["layout"])
     assert torch.equal(kv.bits(chunk), kv.bits(naive_gather(caches, case["layout"], block_ids, dims)))
@@ -74,10 +78,11 @@ def test_gather_matches_naive_reference(kv, case, data) -> None:
 @given(case=cases, data=st.data())
 def test_scatter_inverts_gather_and_touches_nothing_else(kv, case, data) -> None:
     dims = (case["num_blocks"], case["block_size"], case["heads"], case["head_size"])
-    caches = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"])
-    ids = data.draw(st.lists(st.integers(0, case["num_blocks"] - 1), unique=True, max_size=4), label="block_ids")
+    caches = caches_for(kv, case, dims, case["seed"])
+    block = st.integers(0, case["num_blocks"] - 1)
+    ids = data.draw(st.lists(block, unique=True, max_size=4), label="block_ids")
     chunk = gather_blocks(caches, torch.tensor(ids, dtype=torch.int64), case["layout"])
-    targets = kv.make_caches(case["layout"], case["layers"], dims, case["dtype"], case["cross_layer"], case["seed"] + 1)
+    targets = caches_for(kv, case, dims, case["seed"] + 1)
     before = [kv.bits(t).clone() for t in targets]
     # put the blocks back at a shuffled position: block ids[i] of the source -> perm[i] of the target
     perm = data.draw(st.permutations(range(case["num_blocks"])), label="perm")[: len(ids)]
@@ -92,7 +97,8 @@ def test_scatter_inverts_gather_and_touches_nothing_else(kv, case, data) -> None
 
 
 def test_gather_into_given_out_returns_it() -> None:
-    caches = [torch.arange(2 * 4 * 2 * 3 * 8, dtype=torch.float32).view(2, 4, 2, 3, 8) + 1000 * i for i in range(2)]
+    base = torch.arange(2 * 4 * 2 * 3 * 8, dtype=torch.float32).view(2, 4, 2, 3, 8)
+    caches = [base + 1000 * i for i in range(2)]
     out = torch.full((2, 2, 4, 3, 8), -1.0)
     got = gather_blocks(caches, [2, 0], "kv_first", out=out)
     assert got is out
@@ -115,7 +121,7 @@ def test_empty_block_list_gives_an_empty_chunk() -> None:
         ([torch.zeros(2, 3, 4, 2, 8)], [[0]], "kv_first", None, ValueError),
         ([torch.zeros(3, 2, 4, 2, 8)], [0], "kv_first", None, LayoutMismatch),
         ([torch.zeros(2, 3, 4, 2, 8), torch.zeros(2, 3, 4, 2, 4)], [0], "kv_first", None, ValueError),
-        ([torch.zeros(2, 3, 4, 2, 8)], [0], "kv_first", torch.zeros(1, 2, 4, 2, 8, dtype=torch.float16), ValueError),
+        ([torch.zeros(2, 3, 4, 2, 8)], [0], "kv_first", torch.zeros(1, 2, 4, 2, 8).half(), ValueError),
         ([torch.zeros(2, 3, 4, 2, 8)], [0], "kv_first", torch.zeros(1, 2, 8, 2, 8), ValueError),
     ],
 )

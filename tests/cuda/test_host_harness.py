@@ -23,8 +23,8 @@ I64 = ctypes.POINTER(ctypes.c_int64)
 @pytest.fixture(scope="module")
 def harness(gxx: str, cuda_dir: Path, tmp_path_factory) -> ctypes.CDLL:
     lib = tmp_path_factory.mktemp("harness") / "kv_harness.so"
-    cmd = [gxx, "-std=c++17", "-O1", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-           f"-I{cuda_dir}", str(HERE / "host_harness.cpp"), "-o", str(lib)]
+    flags = ["-std=c++17", "-O1", "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC"]
+    cmd = [gxx, *flags, f"-I{cuda_dir}", str(HERE / "host_harness.cpp"), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     dll = ctypes.CDLL(str(lib))
     dll.kvh_describe.restype = ctypes.c_int32
@@ -43,7 +43,7 @@ def header_describe(dll, layout: str, t: torch.Tensor):
     return status, tuple(out)
 
 
-def header_copy(dll, layout: str, caches, chunk: torch.Tensor, ids: list[int], *, to_chunk: bool, word: int = 0):
+def header_copy(dll, layout: str, caches, chunk, ids: list[int], *, to_chunk: bool, word: int = 0) -> int:
     """Runs the header's gather/scatter; returns the copy word it used."""
     first = caches[0]
     ptrs = (ctypes.c_void_p * len(caches))(*(t.data_ptr() for t in caches))
@@ -51,8 +51,8 @@ def header_copy(dll, layout: str, caches, chunk: torch.Tensor, ids: list[int], *
     status = dll.kvh_copy(
         ctypes.c_int32(PagedLayout.parse(layout)), ctypes.c_int32(first.dim()), int64s(first.shape),
         int64s(first.stride()), ctypes.c_int64(first.element_size()), ctypes.c_int64(len(caches)), ptrs,
-        ctypes.c_void_p(chunk.data_ptr()), int64s(ids), ctypes.c_int64(len(ids)), ctypes.c_int32(int(to_chunk)),
-        ctypes.c_int32(word), ctypes.byref(used),
+        ctypes.c_void_p(chunk.data_ptr()), int64s(ids), ctypes.c_int64(len(ids)),
+        ctypes.c_int32(int(to_chunk)), ctypes.c_int32(word), ctypes.byref(used),
     )
     assert status == 0, f"kvh_copy status {status}"
     return used.value
@@ -108,7 +108,9 @@ def test_describe_refuses_the_same_tensors(harness, layout, tensor) -> None:
     seed=st.integers(0, 2**16),
     data=st.data(),
 )
-def test_header_copy_matches_the_torch_path(harness, kv, layout, layers, nb, n, h, d, dtype, offset, seed, data) -> None:
+def test_header_copy_matches_the_torch_path(
+    harness, kv, layout, layers, nb, n, h, d, dtype, offset, seed, data
+) -> None:
     caches = caches_for(kv, layout, layers, nb, n, h, d, dtype, offset, seed)
     ids = data.draw(st.lists(st.integers(0, nb - 1), unique=True, max_size=nb), label="ids")
     expected = gather_blocks(caches, ids, layout)
@@ -132,4 +134,5 @@ def test_header_copy_matches_the_torch_path(harness, kv, layout, layers, nb, n, 
     assert torch.equal(kv.bits(gather_blocks(targets, ids, layout)), kv.bits(expected))
     others = [b for b in range(nb) if b not in ids]
     fresh = caches_for(kv, layout, layers, nb, n, h, d, dtype, offset, seed + 1)
-    assert torch.equal(kv.bits(gather_blocks(targets, others, layout)), kv.bits(gather_blocks(fresh, others, layout)))
+    untouched = gather_blocks(fresh, others, layout)
+    assert torch.equal(kv.bits(gather_blocks(targets, others, layout)), kv.bits(untouched))
