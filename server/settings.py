@@ -59,6 +59,16 @@ class S3Settings(BaseModel):
     manifest_refresh_seconds: float = 30.0
     timeout_seconds: float = 5.0
     create_bucket: bool = False  # create the bucket at start when missing (test servers, first deploy)
+    hydrate_on_start: int = 0  # copy up to this many S3 entries (most recent first) into RAM at start
+
+
+class AdminSettings(BaseModel):
+    sweep_seconds: float = 1.0  # expiry / pin-lease sweep and S3 reset markers
+    sweep_batch: int = 1000  # at most this many expired entries removed per sweep
+    census_seconds: float = 30.0  # recount of bytes per namespace x model (quotas, usage, token-hours)
+    price_per_million_input_tokens: float = 0.0  # for usage's "saved": e.g. 3.0 (USD)
+    max_label_pairs: int = 50  # namespace x model pairs with their own Prometheus labels; the rest: "other"
+    debug_clock: bool = False  # TEST ONLY: lets the AdvanceClock admin RPC move the daemon's clock
 
 
 class AuthSettings(BaseModel):
@@ -88,6 +98,7 @@ class Settings(BaseSettings):
     nvme: NvmeSettings = Field(default_factory=NvmeSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @field_validator("max_frame_bytes")
     @classmethod

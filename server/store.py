@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from kvbucket.core.codecs import Codec
-from kvbucket.core.errors import DataLoss
+from kvbucket.core.errors import DataLoss, InvalidArgument
 from kvbucket.core.keys import EntryKey
 from kvbucket.core.record import Record, RecordHeader
 from kvbucket.server.metrics import Metrics
@@ -33,6 +33,20 @@ Admission = Callable[[str, EntryKey, EntryMeta], bool]
 
 def admit_all(tier: str, key: EntryKey, meta: EntryMeta) -> bool:
     return True
+
+
+class StoreHooks:
+    """What the admin layer (server/owner.py) plugs into the data path; these defaults do nothing.
+
+    `before_put` finalises a new entry's meta (TTL defaults, times) and may refuse it (a quota);
+    `after_read` sees every Get of a key: the meta of the copy served, or None on a miss.
+    """
+
+    def before_put(self, key: EntryKey, meta: EntryMeta) -> EntryMeta:
+        return meta
+
+    def after_read(self, key: EntryKey, meta: EntryMeta | None) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,7 @@ class TieredStore:
         write_through: Admission = admit_all,
         queue_depth: dict[str, int] | None = None,
         clock: Callable[[], float] = time.time,
+        hooks: StoreHooks | None = None,
     ) -> None:
         if not tiers:
             raise ValueError("a store needs at least one tier")
@@ -59,6 +74,7 @@ class TieredStore:
         self.metrics = metrics
         self._write_through = write_through
         self._clock = clock
+        self.hooks = hooks or StoreHooks()
         depth = queue_depth or {}
         self._behind = {t.name: WriteBehind(t, depth.get(t.name, 64), metrics) for t in self.tiers[1:]}
         self._inflight: dict[EntryKey, asyncio.Future] = {}
@@ -118,7 +134,8 @@ class TieredStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def put(self, key: EntryKey, record: Record, meta: EntryMeta) -> None:
-        """Store a verified chunk; raises ResourceExhausted/Unavailable from the first tier."""
+        """Store a verified chunk; raises ResourceExhausted (tier full, quota) or Unavailable."""
+        meta = self.hooks.before_put(key, meta)
         for wb in self._behind.values():
             wb.cancel(key)  # a newer value supersedes a queued copy
         with self.metrics.tier_seconds.labels(self.first.name, "put").time():
@@ -152,6 +169,46 @@ class TieredStore:
                 log.warning("delete from tier %s failed: %s", t.name, exc)
         return deleted
 
+    async def remove_from(self, key: EntryKey, names: set[str]) -> dict[str, int]:
+        """Drop the copies of `key` held by the named tiers; {tier: stored bytes freed}."""
+        freed: dict[str, int] = {}
+        for t in self.tiers:
+            if t.name not in names:
+                continue
+            if (wb := self._behind.get(t.name)) is not None:
+                wb.cancel(key)
+            meta = t.meta(key)
+            if meta is not None and await t.delete(key):
+                freed[t.name] = meta.stored_bytes
+        return freed
+
+    def cancel_pending(self, prefix: bytes) -> int:
+        """Forget queued write-behind copies of keys under `prefix` (reset)."""
+        return sum(wb.cancel_prefix(prefix) for wb in self._behind.values())
+
+    def set_meta(self, key: EntryKey, **changes) -> EntryMeta | None:
+        """Change index fields (expiry, pins) on every tier holding `key`; the fastest copy's new meta."""
+        first = None
+        for t in self.tiers:
+            new = t.set_meta(key, **changes)
+            first = first or new
+        return first
+
+    async def resize(self, name: str, capacity_bytes: int) -> list[Evicted]:
+        """Change a tier's capacity live; what the first tier lets go is demoted as on a put."""
+        tier = self.tier(name)
+        resize = getattr(tier, "resize", None)
+        if resize is None:
+            raise InvalidArgument(f"tier {name!r} is not enabled or has no capacity to change")
+        evicted = resize(capacity_bytes)
+        if asyncio.iscoroutine(evicted):
+            evicted = await evicted
+        if tier is self.first:
+            self._demote(evicted)
+        elif evicted:
+            self.metrics.evictions.labels(name).inc(len(evicted))
+        return evicted
+
     def _expire(self, key: EntryKey) -> None:
         asyncio.get_running_loop().create_task(self.delete(key))
 
@@ -165,12 +222,18 @@ class TieredStore:
             async with self.first.reading(key) as rec:
                 if rec is not None:
                     self._hit(self.first, key)
+                    self.hooks.after_read(key, loc.meta)
                     yield rec
                     return
         rec = await self._fetch_below(key) if loc is not None else None
         if rec is None:
             self.metrics.misses.inc()
+        self.hooks.after_read(key, loc.meta if rec is not None else None)
         yield rec
+
+    async def warm(self, key: EntryKey) -> bool:
+        """Copy a key up to the first tier without counting it as a client read (hydrate on start)."""
+        return self.locate(key) is not None and await self._fetch_below(key) is not None
 
     def _hit(self, tier: Tier, key: EntryKey) -> None:
         self.metrics.hits.labels(tier.name).inc()  # the tier's own get/reading recorded the access

@@ -52,6 +52,12 @@ class WriteBehind:
     def cancel(self, key: EntryKey) -> None:
         self._pending.pop(key, None)
 
+    def cancel_prefix(self, prefix: bytes) -> int:
+        doomed = [k for k in self._pending if k.to_bytes().startswith(prefix)]
+        for k in doomed:
+            del self._pending[k]
+        return len(doomed)
+
     def __contains__(self, key: EntryKey) -> bool:
         return key in self._pending
 

@@ -33,6 +33,9 @@ class EntryMeta:
     pinned: bool = False
     dtype: str = ""
     shape: tuple[int, ...] = ()
+    ttl_seconds: float = 0.0  # the TTL it was given; with `sliding`, every hit moves expires_at
+    sliding: bool = False
+    pin_expires_at: float = 0.0  # soft pin: pinned until then; 0 with `pinned` = hard pin
 
     def copy(self, **changes) -> EntryMeta:
         return replace(self, **changes)

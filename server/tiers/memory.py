@@ -26,7 +26,7 @@ from kvbucket.core.record import Record
 from kvbucket.server.policies import make_policy
 from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
 
-_SETTABLE = frozenset({"pinned", "expires_at"})
+_SETTABLE = frozenset({"pinned", "expires_at", "ttl_seconds", "sliding", "pin_expires_at"})
 
 
 @dataclass(slots=True)

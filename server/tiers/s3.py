@@ -50,6 +50,7 @@ def _get_session():
         _session = get_session()
     return _session
 _DELETE_BATCH = 1000  # the DeleteObjects limit
+_RESET_DIR = ".reset/"  # {prefix}.reset/{namespace|*}/{model|*}/{unix ms}: the namespace ".reset" is reserved
 
 
 def _user_meta(meta: EntryMeta, record: Record) -> dict[str, str]:
@@ -57,6 +58,7 @@ def _user_meta(meta: EntryMeta, record: Record) -> dict[str, str]:
     return {
         "tokens": str(h.tokens), "raw-bytes": str(h.raw_length), "codec": str(int(h.codec)),
         "dtype": h.dtype, "shape": ",".join(map(str, h.shape)), "created": repr(meta.created),
+        "expires-at": repr(meta.expires_at), "ttl": repr(meta.ttl_seconds), "sliding": str(int(meta.sliding)),
     }
 
 
@@ -65,7 +67,9 @@ def _meta_from_user(key: EntryKey, size: int, fallback_created: float, um: dict[
         created = float(um.get("created", fallback_created))
         shape = tuple(int(d) for d in um["shape"].split(",") if d) if um.get("shape") else ()
         return EntryMeta(key, int(um.get("tokens", 0)), int(um.get("raw-bytes", 0)), size,
-                         Codec(int(um.get("codec", 0))), created, created, dtype=um.get("dtype", ""), shape=shape)
+                         Codec(int(um.get("codec", 0))), created, created, dtype=um.get("dtype", ""), shape=shape,
+                         expires_at=float(um.get("expires-at", 0.0)), ttl_seconds=float(um.get("ttl", 0.0)),
+                         sliding=um.get("sliding") == "1")
     except (ValueError, KeyError):  # metadata written by something else: keep what the listing said
         return EntryMeta(key, 0, 0, size, Codec.NONE, fallback_created, fallback_created)
 
@@ -103,6 +107,8 @@ class S3Tier(Tier):
         self._manifest: dict[EntryKey, EntryMeta] = {}
         self._dirty: dict[EntryKey, EntryMeta | None] | None = None  # local changes during a listing
         self._unheaded: set[EntryKey] = set()
+        self._seen_markers: set[str] = set()
+        self._resets: list[tuple[str, str, float]] = []
         self._stats = TierStats()
         self._extra = Counter(errors=0, corrupt=0, refreshes=0, refresh_errors=0)
         self._client = None
@@ -192,6 +198,9 @@ class S3Tier(Tier):
                 Bucket=self.bucket, Prefix=self.prefix, PaginationConfig={"PageSize": self._page_size})
             async for page in pages:
                 for obj in page.get("Contents", ()):
+                    if obj["Key"].startswith(self.prefix + _RESET_DIR):
+                        self._note_marker(obj["Key"])
+                        continue
                     key = self._parse_name(obj["Key"])
                     if key is None:
                         continue
@@ -233,7 +242,7 @@ class S3Tier(Tier):
             cur = self._manifest.get(key)
             if cur is not None and cur.tokens == 0:
                 new = _meta_from_user(key, resp["ContentLength"], cur.created, resp.get("Metadata", {}))
-                self._manifest[key] = new.copy(pinned=cur.pinned, expires_at=cur.expires_at)
+                self._manifest[key] = new.copy(pinned=cur.pinned, expires_at=cur.expires_at or new.expires_at)
             self._unheaded.discard(key)
 
         await asyncio.gather(*(head(k) for k in list(self._unheaded)[:_HEADS_PER_REFRESH]))
@@ -333,6 +342,70 @@ class S3Tier(Tier):
     async def delete_prefix(self, prefix: bytes) -> int:
         """Delete every manifest entry whose `key.to_bytes()` starts with `prefix` (see keys.scope_prefix)."""
         return await self.delete_many([m.key async for m in self.scan(prefix)])
+
+    # ---- reset: bulk delete by listing, and markers other daemons apply to their own tiers ------
+
+    def scope_object_prefix(self, namespace: str = "", model: str = "") -> str:
+        """The object-name prefix of a namespace (and model); empty namespace: every entry."""
+        if not namespace:
+            return self.prefix
+        name = f"{self.prefix}{quote(namespace, safe='')}/"
+        return f"{name}{quote(model, safe='')}/" if model else name
+
+    async def delete_listed(self, namespace: str = "", model: str = "") -> AsyncIterator[tuple[int, int]]:
+        """Delete every object of a scope found by listing the bucket (not only this daemon's manifest),
+        in DeleteObjects batches; yields (deleted so far, bytes so far) after each batch."""
+        client = self._require_client()
+        done = size = 0
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.scope_object_prefix(namespace, model),
+            PaginationConfig={"PageSize": _DELETE_BATCH})
+        try:
+            async for page in pages:
+                objs = [(o["Key"], o["Size"]) for o in page.get("Contents", ())
+                        if not o["Key"].startswith(self.prefix + _RESET_DIR)]
+                if not objs:
+                    continue
+                resp = await client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": name} for name, _ in objs], "Quiet": True})
+                failed = {e["Key"] for e in resp.get("Errors", ())}
+                for name, n in objs:
+                    if name in failed:
+                        continue
+                    if (key := self._parse_name(name)) is not None:
+                        self._set(key, None)
+                    done, size = done + 1, size + n
+                yield done, size
+        except Exception as exc:
+            self._extra["errors"] += 1
+            raise Unavailable(f"S3 tier cannot delete under s3://{self.bucket}/{self.prefix}: {exc}") from exc
+
+    async def put_reset_marker(self, namespace: str, model: str, at: float) -> None:
+        """Tell every daemon sharing the bucket to drop its local copies of a scope created before `at`."""
+        name = (f"{self.prefix}{_RESET_DIR}{quote(namespace, safe='') or '*'}/"
+                f"{quote(model, safe='') or '*'}/{int(at * 1000)}")
+        self._seen_markers.add(name)
+        try:
+            await self._require_client().put_object(Bucket=self.bucket, Key=name, Body=b"")
+        except Exception as exc:
+            self._extra["errors"] += 1
+            raise Unavailable(f"S3 tier cannot write reset marker {name}: {exc}") from exc
+
+    def _note_marker(self, name: str) -> None:
+        if name in self._seen_markers:
+            return
+        self._seen_markers.add(name)
+        try:
+            ns, model, at_ms = name[len(self.prefix + _RESET_DIR):].split("/")
+            self._resets.append((unquote(ns) if ns != "*" else "", unquote(model) if model != "*" else "",
+                                 int(at_ms) / 1000))
+        except ValueError:
+            log.warning("S3 tier: ignoring malformed reset marker %s", name)
+
+    def take_resets(self) -> list[tuple[str, str, float]]:
+        """Resets seen in the bucket since the last call: (namespace or "", model or "", unix time)."""
+        out, self._resets = self._resets, []
+        return out
 
     def meta(self, key: EntryKey) -> EntryMeta | None:
         return self._manifest.get(key)
