@@ -109,7 +109,7 @@ class Daemon:
             ("grpc.max_receive_message_length", frame + (64 << 10)),
             ("grpc.max_send_message_length", frame + (64 << 10)),
             ("grpc.so_reuseport", 0),
-        ] + [tuple(x) for x in json.loads(__import__("os").environ.get("KVB_EXP_OPTS", "[]"))])
+        ])
         store_pb2_grpc.add_KVBucketServicer_to_server(
             KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes))), self.server
         )
