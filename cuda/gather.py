@@ -5,7 +5,8 @@ connector stores. Layouts: see ``kv_index``. CUDA caches go through the ``kvbuck
 extension when it is built (one launch for all layers and blocks, straight into a CUDA or
 pinned chunk); everything else takes a torch indexing path that works on CPU and CUDA
 alike. Both compute rows with the same ``kv_index`` math. On CUDA the copy is queued on
-``stream`` (default: the current stream); synchronize it before reading a host chunk.
+``stream`` (default: the current stream): order that stream after the writers of the caches
+or chunk, and synchronize it before reading a host chunk.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def gather_blocks(
     ids = _block_ids(block_ids, dims)
     shape = chunk_shape(len(kv_caches), dims, ids.numel())
     if out is None:
-        out = torch.empty(shape, dtype=kv_caches[0].dtype, device=kv_caches[0].device)
+        out = _empty_chunk(shape, kv_caches[0], stream)
     _check_chunk(out, shape, kv_caches[0])
     _copy(kv_caches, ids, lay, strides, dims, out, to_chunk=True, stream=stream)
     return out
@@ -122,6 +123,15 @@ def _copy(kv_caches, ids, layout, strides, dims, chunk, *, to_chunk, stream) -> 
             table = _pointer_table(first.device, tuple(t.data_ptr() for t in kv_caches))
             table.record_stream(stream)  # the table outlives this call in the cache; keep it safe to free
             ext.copy_blocks(list(kv_caches), table, ids, chunk, int(layout), to_chunk, stream.cuda_stream)
+
+
+def _empty_chunk(shape: tuple[int, ...], like: torch.Tensor, stream: torch.cuda.Stream | None):
+    if not like.is_cuda:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    # Allocated on the stream that writes it: the caching allocator orders reuse after the copy.
+    stream = stream or torch.cuda.current_stream(like.device)
+    with torch.cuda.device(like.device), torch.cuda.stream(stream):
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 @functools.lru_cache(maxsize=16)

@@ -39,14 +39,16 @@ def test_gather_scatter_match_the_cpu_path(kv, path, layout, dtype, cross_layer,
     cpu = kv.make_caches(layout, 3, dims, dtype, cross_layer, seed=1)
     dev = kv.make_caches(layout, 3, dims, dtype, cross_layer, seed=1, device="cuda")
     expected = gather_blocks(cpu, ids, layout)
+    targets = kv.make_caches(layout, 3, dims, dtype, cross_layer, seed=2, device="cuda")
+    target_ids = torch.tensor([1, 2, 4, 5], device="cuda")
+    torch.cuda.synchronize()  # the side stream below must see the caches the default stream filled
     stream = torch.cuda.Stream()
     out = torch.empty(expected.shape, dtype=dtype, pin_memory=True) if pinned else None
     chunk = gather_blocks(dev, ids, layout, out=out, stream=stream)
     stream.synchronize()
     assert torch.equal(kv.bits(chunk.cpu()), kv.bits(expected))
 
-    targets = kv.make_caches(layout, 3, dims, dtype, cross_layer, seed=2, device="cuda")
-    scatter_blocks(chunk, targets, torch.tensor([1, 2, 4, 5], device="cuda"), layout, stream=stream)
+    scatter_blocks(chunk, targets, target_ids, layout, stream=stream)
     stream.synchronize()
     assert torch.equal(kv.bits(gather_blocks(targets, [1, 2, 4, 5], layout).cpu()), kv.bits(expected))
     fresh = kv.make_caches(layout, 3, dims, dtype, cross_layer, seed=2)
