@@ -2,7 +2,8 @@
 
     kvbucket serve [--nvme] [--s3-bucket B --s3-endpoint URL] [--config kvbucket.toml]
     kvbucket stats  [--url kvbucket://127.0.0.1:7070] [--json]
-    kvbucket ls     [--namespace N] [--model M] [--tier ram|nvme|s3] [--json]
+    kvbucket ls | inspect | evict | reset | ttl | pin | unpin | quota | capacity | drain | usage
+                                          (clients/cli_admin.py; see `kvbucket COMMAND --help`)
     kvbucket put FILE [--key NAME]        kvbucket get HASH --shape N -o FILE
 """
 
@@ -133,48 +134,6 @@ def stats(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = 
                   f"puts {s.puts}  gets {s.gets}  chunks served {s.get_hits}  tokens served {s.tokens_served}")
 
 
-@app.command("ls")
-def ls(
-    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
-    namespace: Annotated[str, typer.Option(help="only this namespace")] = "",
-    model: Annotated[str, typer.Option(help="only this model (needs --namespace)")] = "",
-    tier: Annotated[Optional[str], typer.Option(help="ram | nvme | s3")] = None,
-    limit: Annotated[int, typer.Option(help="stop after this many entries")] = 100,
-) -> None:
-    """List cached entries (your own tenant's unless you hold an admin token)."""
-    from google.protobuf.json_format import MessageToDict
-
-    from kvbucket.core.errors import KVBucketError
-
-    if tier is not None and tier not in TIERS:
-        err.print(f"[red]error:[/red] --tier must be one of {', '.join(TIERS)}")
-        raise typer.Exit(2)
-    entries, page = [], ""
-    try:
-        with _client(url, token) as c:
-            while len(entries) < limit:
-                r = c.list_entries(namespace=namespace, model=model, tier=TIERS.get(tier or "", 0),
-                                   page_size=min(1000, limit - len(entries)), page_token=page)
-                entries.extend(r.entries)
-                page = r.next_page_token
-                if not page:
-                    break
-    except KVBucketError as exc:
-        _fail(exc)
-    if as_json:
-        print(json.dumps([MessageToDict(e, preserving_proto_field_name=True) for e in entries]))
-        return
-    names = {v: k for k, v in TIERS.items()}
-    t = Table(title=f"{len(entries)} entries" + (" (more: raise --limit)" if page else ""))
-    for col in ("namespace", "model", "hash", "tokens", "raw", "stored", "tiers", "hits", "idle"):
-        t.add_column(col)
-    now = time.time()
-    for e in entries:
-        t.add_row(e.namespace, e.model, e.hash.hex()[:16], str(e.tokens), human(e.raw_bytes), human(e.stored_bytes),
-                  ",".join(names.get(x, "?") for x in e.tiers), str(e.hits), f"{now - e.last_access:.0f}s")
-    console.print(t)
-
-
 def _debug_layout(dtype: str, shape: str):
     from kvbucket.core.keys import Layout
 
@@ -235,6 +194,11 @@ def get(
     else:
         out.write_bytes(data)
         console.print(f"wrote {len(data)} bytes to {out}")
+
+
+from kvbucket.clients.cli_admin import register as _register_admin  # noqa: E402
+
+_register_admin(app)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from kvbucket.clients import wire
+from kvbucket.clients.admin import AdminMixin
 from kvbucket.clients.url import Endpoint, parse_url
 from kvbucket.clients.wire import LookupResult
 from kvbucket.core.codecs import Codec
@@ -91,7 +92,7 @@ class _Base:
         return other
 
 
-class Client(_Base):
+class Client(AdminMixin, _Base):
     """Blocking client; thread-safe (one HTTP/2 channel, many concurrent calls)."""
 
     def __init__(self, url: str, *, namespace: str | None = None, model: str = "default",
@@ -132,9 +133,12 @@ class Client(_Base):
         item = (hash, data) if tokens is None else (hash, data, tokens)
         return self.put_many([item])[0]
 
-    def put_many(self, items: Iterable[PutItem]) -> list[bool]:
-        """Store chunks in one streaming call; each is atomic on its own."""
-        stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes)
+    def put_many(self, items: Iterable[PutItem], *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
+                 pin: bool = False) -> list[bool]:
+        """Store chunks in one streaming call; each is atomic on its own. `ttl_seconds` (sliding: refreshed
+        on every hit) and `pin` apply to every chunk; without a TTL the namespace default applies."""
+        stream = wire.put_stream(self.scope.proto(), self._items(items), codec=self.codec, frame=self.frame_bytes,
+                                 ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         return [r.stored for r in self._call(self._put, stream).results]
 
     def get(self, hash: bytes) -> memoryview | None:

@@ -74,7 +74,8 @@ def as_bytes(data) -> memoryview:
 
 
 def put_stream(
-    scope: pb.Scope, items: Iterable[tuple[bytes, object, int]], *, codec: Codec, frame: int
+    scope: pb.Scope, items: Iterable[tuple[bytes, object, int]], *, codec: Codec, frame: int,
+    ttl_seconds: float = 0.0, ttl_sliding: bool = False, pin: bool = False,
 ) -> Iterator[pb.PutRequest]:
     """header, data*, header, data*, ... for `(hash, payload, tokens)` items."""
     layout = scope.layout
@@ -85,6 +86,7 @@ def put_stream(
         yield pb.PutRequest(header=pb.ChunkHeader(
             scope=scope, hash=h, codec=int(codec), raw_length=len(raw), payload_length=len(payload),
             checksum=checksum(raw), tokens=tokens, dtype=layout.dtype, shape=layout.shape,
+            ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin,
         ))
         for off in range(0, len(payload), frame):
             yield data_frame(payload[off : off + frame])

@@ -116,7 +116,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     @rpc("get_entry")
     async def GetEntry(self, request: apb.GetEntryRequest, context) -> apb.GetEntryResponse:
         namespace, _ = scoped_namespace(self.auth, self._caller(context), request.namespace)
-        if not (namespace and request.model and request.hash):
+        namespace = namespace or self.auth.default_namespace
+        if not (request.model and request.hash):
             raise InvalidArgument("inspect needs a namespace, a model and a hash")
         sel = Selector(namespace=namespace, model=request.model, layout=request.layout,
                        hashes=frozenset([request.hash]))
