@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 
 from kvbucket.cuda import build
-from kvbucket.cuda.kv_index import KvDims, KvStrides, PagedLayout, cache_row, chunk_shape, describe
+from kvbucket.cuda.kv_index import KvDims, KvStrides, PagedLayout, chunk_shape, describe
 
 BlockIds = torch.Tensor | Sequence[int]
 
@@ -57,18 +57,15 @@ def scatter_blocks(
     _copy(kv_caches, ids, lay, strides, dims, chunk, to_chunk=False, stream=stream)
 
 
-def row_offsets(strides: KvStrides, dims: KvDims, block_ids: torch.Tensor) -> torch.Tensor:
-    """Element offset of each chunk row of one layer, shape ``[2, tokens, num_heads]``.
+def paged_view(cache: torch.Tensor, strides: KvStrides, dims: KvDims) -> torch.Tensor:
+    """One layer as ``[2, num_blocks, block_size, num_heads, head_size]``, any layout.
 
-    ``kv_index.cache_row`` evaluated on broadcast tensors, in chunk row order.
+    ``kv_index.cache_row`` as strides: element (kv, block, token, head, d) of the view is
+    ``cache_row(strides, block, kv, token, head) + d`` elements past the layer's first one.
     """
-    dev = block_ids.device
-    kv = torch.arange(2, device=dev).view(2, 1, 1, 1)
-    block = block_ids.view(1, -1, 1, 1)
-    token = torch.arange(dims.block_size, device=dev).view(1, 1, -1, 1)
-    head = torch.arange(dims.num_heads, device=dev).view(1, 1, 1, -1)
-    rows = cache_row(strides, block, kv, token, head)
-    return rows.reshape(2, -1, dims.num_heads)
+    shape = (2, dims.num_blocks, dims.block_size, dims.num_heads, dims.head_size)
+    order = (strides.kv, strides.block, strides.token, strides.head, 1)
+    return cache.as_strided(shape, order, cache.storage_offset())
 
 
 def copy_torch(
@@ -80,24 +77,25 @@ def copy_torch(
     *,
     to_chunk: bool,
 ) -> None:
-    """The torch path: index_select / index_copy_ over a flat view of each layer."""
-    if block_ids.numel() == 0:
+    """The torch path. CUDA: one index_select / index_copy_ per layer. CPU: one strided copy_
+    per block, since CPU index ops fall back to per-element loops on these strides."""
+    nb = block_ids.numel()
+    if nb == 0:
         return
-    d = dims.head_size
-    rows = row_offsets(strides, dims, block_ids.to(kv_caches[0].device)).reshape(-1)
-    if all(s % d == 0 for s in (strides.kv, strides.block, strides.token, strides.head)):
-        index, width = rows // d, d  # whole rows of a [n, head_size] view
-    else:
-        index, width = (rows[:, None] + torch.arange(d, device=rows.device)).reshape(-1), 1
-    extent = 1 + sum((n - 1) * s for n, s in zip(kv_caches[0].shape, kv_caches[0].stride()))
+    on_cpu = None if kv_caches[0].is_cuda else block_ids.tolist()
     for layer, cache in enumerate(kv_caches):
-        flat = cache.as_strided((extent // width, width), (width, 1), cache.storage_offset())
-        part = chunk[layer].view(-1, width)
-        if to_chunk:
-            part.copy_(flat.index_select(0, index), non_blocking=True)
+        paged = paged_view(cache, strides, dims)
+        part = chunk[layer].view(2, nb, dims.block_size, dims.num_heads, dims.head_size)
+        if on_cpu is not None:
+            for i, block in enumerate(on_cpu):
+                if to_chunk:
+                    part[:, i].copy_(paged[:, block])
+                else:
+                    paged[:, block].copy_(part[:, i])
+        elif to_chunk:
+            part.copy_(paged.index_select(1, block_ids), non_blocking=True)
         else:
-            # non_blocking only towards the GPU: a GPU->CPU copy would land unsynchronized.
-            flat.index_copy_(0, index, part.to(cache.device, non_blocking=cache.is_cuda))
+            paged.index_copy_(1, block_ids, part.to(cache.device, non_blocking=True))
 
 
 @functools.cache

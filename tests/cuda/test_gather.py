@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvbucket.cuda import gather_blocks, scatter_blocks
-from kvbucket.cuda.kv_index import LayoutMismatch
+from kvbucket.cuda.gather import paged_view
+from kvbucket.cuda.kv_index import LayoutMismatch, PagedLayout, cache_row, describe
 
 LAYOUTS = ("kv_first", "blocks_first", "cpu", "bhnc")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.uint8)  # uint8 stands in for fp8
@@ -94,6 +95,19 @@ def test_scatter_inverts_gather_and_touches_nothing_else(kv, case, data) -> None
             kv.bits(gather_blocks(targets, untouched, case["layout"])),
             kv.bits(naive_gather([b.view(case["dtype"]) for b in before], case["layout"], untouched, dims)),
         )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cross_layer", [False, True])
+def test_paged_view_is_cache_row_as_strides(kv, layout, cross_layer) -> None:
+    cache = kv.make_caches(layout, 2, (3, 2, 2, 4), torch.float32, cross_layer, seed=5)[1]
+    strides, dims = describe(PagedLayout.parse(layout), cache.shape, cache.stride())
+    view = paged_view(cache, strides, dims)
+    span = cache.as_strided((cache.untyped_storage().nbytes() // 4 - cache.storage_offset(),), (1,))
+    for kv_, block, token, head in torch.cartesian_prod(*(torch.arange(n) for n in view.shape[:4])).tolist():
+        row = cache_row(strides, block, kv_, token, head)
+        assert torch.equal(view[kv_, block, token, head], span[row : row + dims.head_size])
+        assert torch.equal(view[kv_, block, token, head], naive_row(cache, layout, kv_, block, token, head))
 
 
 def test_gather_into_given_out_returns_it() -> None:
