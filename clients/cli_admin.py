@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
         t = Table(title=f"{len(entries)} entries" + (" (more: raise --limit)" if page else ""))
         for col in ("namespace", "model", "hash", "tokens", "raw", "stored", "tiers", "hits", "idle", "expires",
                     "pin"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold", min_width=5 if col in ("namespace", "model") else None)
         now = time.time()
         for e in entries:
             pin = ("soft" if e.pin_expires_at else "hard") if e.pinned else ""
