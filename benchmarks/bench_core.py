@@ -9,15 +9,18 @@ One run, same payloads for every system:
 Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
 Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
 model at 16 tokens per chunk = 2 MiB. Chunks move one per call, sequentially, `--rounds` times with
-fresh keys each round. Throughput is bytes / wall time of a whole pass (GB = 1e9 bytes); p50/p99 are
-per chunk (with 16 chunks x 3 rounds, p99 is close to the max). CPU s/GB is user+system time of the
-client process plus the server process over the pass, per GB moved.
+fresh keys each round; within a round every system makes its pass before the next round starts, so
+load from other jobs on a shared machine falls on all of them alike. Throughput is bytes / wall time
+of a whole pass (GB = 1e9 bytes); p50/p99 are per chunk (16 chunks x 3 rounds: p99 is about the
+max). CPU s/GB is user+system time of the client process plus the server process over the pass, per
+GB moved. Every key is new, so both servers fault in fresh memory for what they store, as a cache
+that is still filling does.
 
 LMCache's PUT has no reply: its per-chunk time is the client's send; the pass ends when an EXIST
 round trip on the last key succeeds (the server handles one connection in order), so the pass
 throughput counts bytes the server has stored.
 
-    .venv/bin/python benchmarks/bench_core.py                 # ~1 minute
+    .venv/bin/python benchmarks/bench_core.py                 # 1-3 minutes
     .venv/bin/python benchmarks/bench_core.py --json out.json
 """
 
@@ -30,13 +33,12 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,135 +143,132 @@ def summarize(system: str, op: str, chunk: int, meters: list[Meter], note: str =
                c + s, c, s if has_server else None, note)
 
 
-# -- physical limits ---------------------------------------------------------------------------
+# -- the systems, each measured one pass at a time so that their passes interleave -----------------
+# The machines are shared: load from other jobs comes and goes within seconds. Running every system's
+# pass of round r before any pass of round r+1 exposes all of them to the same load.
 
 
-def bench_memcpy(payloads: list[np.ndarray], rounds: int) -> Row:
-    dst = np.empty_like(payloads[0])
-    dst[:] = payloads[0]  # warm
-    meters = []
-    for _ in range(rounds):
+class Limits:
+    """memcpy into a warm buffer, and Python loopback TCP (4 MiB sendall -> recv_into, a thread here)."""
+
+    BLOCK = 4 << 20
+
+    def __init__(self, chunk: int) -> None:
+        self.dst = np.empty(chunk, dtype=np.uint8)
+        self.dst[:] = 1  # warm
+        srv = socket.create_server(("127.0.0.1", 0))
+        self.cli = socket.create_connection(srv.getsockname())
+        self.conn, _ = srv.accept()
+        srv.close()
+        self.pending = 0
+        self.lock = threading.Condition()
+        threading.Thread(target=self._sink, daemon=True).start()
+
+    def _sink(self) -> None:
+        buf = memoryview(bytearray(self.BLOCK))
+        while True:
+            n = self.conn.recv_into(buf, self.BLOCK)
+            if n == 0:
+                return
+            with self.lock:
+                self.pending -= n
+                self.lock.notify_all()
+
+    def memcpy_pass(self, payloads: list[np.ndarray]) -> Meter:
         with Meter(None) as m:
             for p in payloads:
                 t0 = time.perf_counter()
-                np.copyto(dst, p)
+                np.copyto(self.dst, p)
                 m.item(t0, p.nbytes)
-        meters.append(m)
-    return summarize("limit", "memcpy", payloads[0].nbytes, meters, "warm destination")
+        return m
 
-
-def bench_tcp(payloads: list[np.ndarray], rounds: int, block: int = 4 << 20) -> Row:
-    """sendall 4 MiB blocks over loopback to a thread doing recv_into a warm buffer (both ends here)."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    port = srv.getsockname()[1]
-    total = sum(p.nbytes for p in payloads) * rounds
-    done = threading.Event()
-
-    def sink() -> None:
-        conn, _ = srv.accept()
-        buf = memoryview(bytearray(block))
-        got = 0
-        while got < total:
-            n = conn.recv_into(buf, block)
-            if n == 0:
-                break
-            got += n
-        conn.sendall(b"k")
-        conn.close()
-        done.set()
-
-    th = threading.Thread(target=sink, daemon=True)
-    th.start()
-    cli = socket.create_connection(("127.0.0.1", port))
-    meters = []
-    for _ in range(rounds):
+    def tcp_pass(self, payloads: list[np.ndarray]) -> Meter:
         with Meter(None) as m:
             for p in payloads:
                 t0 = time.perf_counter()
                 mv = memoryview(p).cast("B")
-                for off in range(0, len(mv), block):
-                    cli.sendall(mv[off : off + block])
+                with self.lock:
+                    self.pending += len(mv)
+                for off in range(0, len(mv), self.BLOCK):
+                    self.cli.sendall(mv[off : off + self.BLOCK])
                 m.item(t0, p.nbytes)
-        meters.append(m)
-    cli.recv(1)  # the sink saw every byte (the last pass's tail is inside kernel buffers until here)
-    cli.close()
-    srv.close()
-    th.join(5)
-    return summarize("limit", "tcp loopback", payloads[0].nbytes, meters, "4 MiB sendall/recv_into, one process")
+            with self.lock:  # the pass ends when the receiver has every byte
+                self.lock.wait_for(lambda: self.pending <= 0)
+        return m
 
-
-# -- kvbucket ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.cli.close()
+        self.conn.close()
 
 
 def kv_hashes(tag: str, n: int) -> list[bytes]:
     return [f"{tag}-{i}".encode().ljust(16, b"\0") for i in range(n)]
 
 
-def bench_kvbucket(url: str, server: psutil.Process, sets: dict[str, list[np.ndarray]], rounds: int,
-                   frame: int, deadline: float) -> tuple[list[Row], list[Latency]]:
-    rows: list[Row] = []
-    lookups: list[Latency] = []
-    for label, payloads in sets.items():
-        shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
+class KVSide:
+    """kvbucket through the SDK's blocking Client over loopback TCP."""
+
+    def __init__(self, url: str, server: psutil.Process, shape: tuple[int, ...], frame: int, n: int) -> None:
+        self.server = server
         layout = Layout("bfloat16", shape, tokens_per_chunk=shape[2])
-        chunk = payloads[0].nbytes
-        with Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame) as kv:
-            outs = [bytearray(chunk) for _ in payloads]  # warm receive buffers for get_into
-            puts, gets, intos = [], [], []
-            for r in range(rounds):
-                if r and time.monotonic() > deadline:
-                    break
-                hashes = kv_hashes(f"{label}-r{r}", len(payloads))
-                with Meter(server) as m:
-                    for h, p in zip(hashes, payloads):
-                        t0 = time.perf_counter()
-                        if not kv.put(h, p):
-                            raise RuntimeError("kvbucket refused a put")
-                        m.item(t0, p.nbytes)
-                puts.append(m)
-                with Meter(server) as m:
-                    for h in hashes:
-                        t0 = time.perf_counter()
-                        got = kv.get(h)
-                        m.item(t0, len(got))
-                        del got
-                gets.append(m)
-                with Meter(server) as m:
-                    for h, o in zip(hashes, outs):
-                        t0 = time.perf_counter()
-                        if not kv.get_into(h, o):
-                            raise RuntimeError("kvbucket missed a chunk it stored")
-                        m.item(t0, chunk)
-                intos.append(m)
-            for i, (o, p) in enumerate(zip(outs, payloads)):
-                if o != memoryview(p).cast("B"):
-                    raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
-            rows.append(summarize("kvbucket", "PUT", chunk, puts))
-            rows.append(summarize("kvbucket", "GET", chunk, gets, "fresh result buffer"))
-            rows.append(summarize("kvbucket", "GET into", chunk, intos, "warm caller buffer"))
-            if len(payloads) >= LOOKUP_KEYS:
-                hashes = kv_hashes(f"{label}-r0", LOOKUP_KEYS)
-                assert kv.lookup(hashes).hits == LOOKUP_KEYS
-                for _ in range(50):
-                    kv.lookup(hashes)  # warm
-                lat = []
-                end = time.monotonic() + 3
-                while len(lat) < 2000 and time.monotonic() < end:
-                    t0 = time.perf_counter()
-                    kv.lookup(hashes)
-                    lat.append(time.perf_counter() - t0)
-                lookups.append(Latency("kvbucket", "Lookup (1 call)", LOOKUP_KEYS, len(lat),
-                                       pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3, "all 128 present"))
-    return rows, lookups
+        self.kv = Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame)
+        chunk = 2 * int(np.prod(shape))
+        self.outs = [bytearray(chunk) for _ in range(n)]  # warm receive buffers for get_into
+        for o in self.outs:
+            o[:] = b"\1" * chunk
 
+    def put_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
+        with Meter(self.server) as m:
+            for h, p in zip(kv_hashes(tag, len(payloads)), payloads):
+                t0 = time.perf_counter()
+                if not self.kv.put(h, p):
+                    raise RuntimeError("kvbucket refused a put")
+                m.item(t0, p.nbytes)
+        return m
 
-# -- LMCache ---------------------------------------------------------------------------------------
+    def get_pass(self, tag: str, n: int) -> Meter:
+        with Meter(self.server) as m:
+            for h in kv_hashes(tag, n):
+                t0 = time.perf_counter()
+                got = self.kv.get(h)
+                m.item(t0, len(got))
+                del got
+        return m
+
+    def get_into_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
+        with Meter(self.server) as m:
+            for h, o in zip(kv_hashes(tag, len(payloads)), self.outs):
+                t0 = time.perf_counter()
+                if not self.kv.get_into(h, o):
+                    raise RuntimeError("kvbucket missed a chunk it stored")
+                m.item(t0, len(o))
+        for i, (o, p) in enumerate(zip(self.outs, payloads)):
+            if o != memoryview(p).cast("B"):
+                raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
+        return m
+
+    def lookup(self, tag: str, seconds: float = 3) -> Latency:
+        hashes = kv_hashes(tag, LOOKUP_KEYS)
+        assert self.kv.lookup(hashes).hits == LOOKUP_KEYS
+        for _ in range(50):
+            self.kv.lookup(hashes)  # warm
+        lat = []
+        end = time.monotonic() + seconds
+        while len(lat) < 2000 and time.monotonic() < end:
+            t0 = time.perf_counter()
+            self.kv.lookup(hashes)
+            lat.append(time.perf_counter() - t0)
+        return Latency("kvbucket", "Lookup (1 call)", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3,
+                       pct(lat, 0.99) * 1e3, "all 128 present")
+
+    def close(self) -> None:
+        self.kv.close()
 
 
 class LMCacheSide:
     """LMCache's own connector to its own server, on CPU, as an LMCache user would run it."""
 
-    def __init__(self, port: int, max_cpu_gib: float) -> None:
+    def __init__(self, port: int, server: psutil.Process, max_cpu_gib: float) -> None:
         import torch
         from lmcache.utils import CacheEngineKey
         from lmcache.v1.config import LMCacheEngineConfig
@@ -277,6 +276,7 @@ class LMCacheSide:
         from lmcache.v1.storage_backend.connector import CreateConnector
         from lmcache.v1.storage_backend.local_cpu_backend import LocalCPUBackend
 
+        self.server = server
         self.torch = torch
         self.Key = CacheEngineKey
         self.loop = asyncio.new_event_loop()
@@ -285,86 +285,127 @@ class LMCacheSide:
                              local_worker_id=0, kv_dtype=torch.bfloat16, kv_shape=BIG_SHAPE)
         self.backend = LocalCPUBackend(cfg, md)
         self.conn = CreateConnector(f"lm://127.0.0.1:{port}", self.loop, self.backend, cfg, md)
+        self.objs: list = []
 
     def key(self, tag: str, i: int):
         return self.Key("bench/llama-3-8b", 1, 0, hash((tag, i)), self.torch.bfloat16)
 
-    def memory_objs(self, payloads: list[np.ndarray], shape: tuple[int, ...]):
+    def load(self, payloads: list[np.ndarray], shape: tuple[int, ...]) -> None:
+        """Copy the payloads into LMCache memory objects (its KV_2LTD format: 2, layers, tokens, hidden)."""
+        self.release()
         layers, kv, tokens, heads, dim = shape
-        lm_shape = self.torch.Size((kv, layers, tokens, heads * dim))  # LMCache's KV_2LTD object format
-        objs = []
+        lm_shape = self.torch.Size((kv, layers, tokens, heads * dim))
         for p in payloads:
             obj = self.backend.allocate(lm_shape, self.torch.bfloat16)
             memoryview(obj.byte_array).cast("B")[:] = memoryview(p).cast("B")
-            objs.append(obj)
-        return objs
+            self.objs.append(obj)
+
+    def release(self) -> None:
+        for obj in self.objs:
+            obj.ref_count_down()
+        self.objs = []
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
+    def put_pass(self, tag: str) -> Meter:
+        keys = [self.key(tag, i) for i in range(len(self.objs))]
+        with Meter(self.server) as m:
+            for k, obj in zip(keys, self.objs):
+                obj.ref_count_up()  # the connector drops one reference per put; we keep the object
+                t0 = time.perf_counter()
+                self.run(self.conn.put(k, obj))
+                m.item(t0, len(obj.byte_array))
+            if not self.run(self.conn.exists(keys[-1])):  # the server has taken every byte
+                raise RuntimeError("LMCache server lost a put")
+        return m
+
+    def get_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
+        got = []
+        with Meter(self.server) as m:
+            for i in range(len(payloads)):
+                t0 = time.perf_counter()
+                obj = self.run(self.conn.get(self.key(tag, i)))
+                m.item(t0, len(obj.byte_array))
+                got.append(obj)
+        for i, (obj, p) in enumerate(zip(got, payloads)):
+            if bytes(obj.byte_array) != memoryview(p).cast("B"):
+                raise RuntimeError(f"LMCache returned different bytes for chunk {i}")
+            obj.ref_count_down()  # back to LMCache's allocator, warm for the next round
+        return m
+
+    def prefix_check(self, tag: str, seconds: float = 3) -> Latency:
+        keys = [self.key(tag, i) for i in range(LOOKUP_KEYS)]
+
+        async def check() -> int:
+            n = 0
+            for k in keys:
+                if not await self.conn.exists(k):
+                    break
+                n += 1
+            return n
+
+        assert self.run(check()) == LOOKUP_KEYS
+        lat = []
+        end = time.monotonic() + seconds
+        while len(lat) < 300 and time.monotonic() < end:
+            t0 = time.perf_counter()
+            self.run(check())
+            lat.append(time.perf_counter() - t0)
+        return Latency("lmcache", "128 x EXIST", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3,
+                       "no batched lookup in lm://; one round trip per key")
+
     def close(self) -> None:
+        self.release()
         self.run(self.conn.close())
         self.loop.close()
 
 
-def bench_lmcache(lm: LMCacheSide, server: psutil.Process, sets: dict[str, list[np.ndarray]], rounds: int,
-                  deadline: float) -> tuple[list[Row], list[Latency]]:
-    rows: list[Row] = []
-    lookups: list[Latency] = []
-    for label, payloads in sets.items():
-        shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
-        chunk = payloads[0].nbytes
-        objs = lm.memory_objs(payloads, shape)
-        puts, gets = [], []
-        for r in range(rounds):
-            if r and time.monotonic() > deadline:
-                break
-            keys = [lm.key(f"{label}-r{r}", i) for i in range(len(payloads))]
-            with Meter(server) as m:
-                for k, obj in zip(keys, objs):
-                    obj.ref_count_up()  # the connector drops one reference per put; we keep the object
-                    t0 = time.perf_counter()
-                    lm.run(lm.conn.put(k, obj))
-                    m.item(t0, chunk)
-                if not lm.run(lm.conn.exists(keys[-1])):  # server has taken every byte
-                    raise RuntimeError("LMCache server lost a put")
-            puts.append(m)
-            got = []
-            with Meter(server) as m:
-                for k in keys:
-                    t0 = time.perf_counter()
-                    obj = lm.run(lm.conn.get(k))
-                    m.item(t0, chunk)
-                    got.append(obj)
-            gets.append(m)
-            for i, (obj, p) in enumerate(zip(got, payloads)):
-                if obj is None or bytes(obj.byte_array) != memoryview(p).cast("B"):
-                    raise RuntimeError(f"LMCache returned different bytes for chunk {i}")
-                obj.ref_count_down()  # back to LMCache's allocator, warm for the next round
-        rows.append(summarize("lmcache", "PUT", chunk, puts, "per-chunk p50/p99 = client send"))
-        rows.append(summarize("lmcache", "GET", chunk, gets, "into LMCache's allocator"))
-        if len(payloads) >= LOOKUP_KEYS:
-            keys = [lm.key(f"{label}-r0", i) for i in range(LOOKUP_KEYS)]
+def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_url: str, kv_server: psutil.Process,
+            lm: LMCacheSide | None, frame: int, rounds: int, deadline: float) -> tuple[list[Row], list[Latency]]:
+    chunk = payloads[0].nbytes
+    limits = Limits(chunk)
+    kv = KVSide(kv_url, kv_server, shape, frame, len(payloads))
+    if lm is not None:
+        lm.load(payloads, shape)
+    passes: dict[tuple[str, str], list[Meter]] = {}
 
-            async def prefix_check() -> int:
-                n = 0
-                for k in keys:
-                    if not await lm.conn.exists(k):
-                        break
-                    n += 1
-                return n
+    def record(system: str, op: str, m: Meter) -> None:
+        passes.setdefault((system, op), []).append(m)
 
-            assert lm.run(prefix_check()) == LOOKUP_KEYS
-            lat = []
-            end = time.monotonic() + 3
-            while len(lat) < 300 and time.monotonic() < end:
-                t0 = time.perf_counter()
-                lm.run(prefix_check())
-                lat.append(time.perf_counter() - t0)
-            lookups.append(Latency("lmcache", "128 x EXIST", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3,
-                                   pct(lat, 0.99) * 1e3, "no batched lookup in lm://; one round trip per key"))
-        for obj in objs:
-            obj.ref_count_down()
+    for r in range(rounds):
+        if r and time.monotonic() > deadline:
+            log(f"{label}: time budget reached after {r} rounds")
+            break
+        tag = f"{label}-r{r}"
+        log(f"{label} round {r + 1}/{rounds}")
+        record("limit", "memcpy", limits.memcpy_pass(payloads))
+        record("limit", "tcp loopback", limits.tcp_pass(payloads))
+        record("kvbucket", "PUT", kv.put_pass(tag, payloads))
+        if lm is not None:
+            record("lmcache", "PUT", lm.put_pass(tag))
+        record("kvbucket", "GET", kv.get_pass(tag, len(payloads)))
+        record("kvbucket", "GET into", kv.get_into_pass(tag, payloads))
+        if lm is not None:
+            record("lmcache", "GET", lm.get_pass(tag, payloads))
+    notes = {
+        ("limit", "memcpy"): "warm destination",
+        ("limit", "tcp loopback"): "4 MiB sendall/recv_into, both ends in this process",
+        ("kvbucket", "GET"): "fresh result buffer",
+        ("kvbucket", "GET into"): "warm caller buffer",
+        ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
+        ("lmcache", "GET"): "into LMCache's allocator",
+    }
+    rows = [summarize(system, op, chunk, ms, notes.get((system, op), "")) for (system, op), ms in passes.items()]
+    lookups = []
+    if len(payloads) >= LOOKUP_KEYS:
+        lookups.append(kv.lookup(f"{label}-r0"))
+        if lm is not None:
+            lookups.append(lm.prefix_check(f"{label}-r0"))
+    kv.close()
+    limits.close()
+    if lm is not None:
+        lm.release()
     return rows, lookups
 
 
@@ -405,20 +446,19 @@ def print_report(rows: list[Row], lookups: list[Latency], ratios: dict) -> None:
     print(f"\n{'system':9} {'lookup':16} {'keys':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  note")
     for lk in lookups:
         print(f"{lk.system:9} {lk.op:16} {lk.keys:>5} {lk.calls:>6} {lk.p50_ms:>8.3f} {lk.p99_ms:>8.3f}  {lk.note}")
-    print("\nratios kvbucket / LMCache (same run, GB/s):")
-    for k, v in ratios.items():
-        print(f"  {k:28} {v:5.2f}x")
+    print("\nkvbucket / LMCache, same run:  throughput (GB/s ratio; target PUT >= 3x, GET >= 1x) and CPU per GB")
+    for k, (g, c) in ratios.items():
+        print(f"  {k:18} {g:5.2f}x throughput   {c:5.2f}x CPU s/GB")
 
 
-def compute_ratios(rows: list[Row]) -> dict[str, float]:
-    by = {(r.system, r.op, r.chunk_mib): r.gbps for r in rows}
+def compute_ratios(rows: list[Row]) -> dict[str, tuple[float, float]]:
+    """kvbucket / LMCache per op and chunk size: (throughput ratio, CPU-per-GB ratio)."""
+    by = {(r.system, r.op, r.chunk_mib): r for r in rows}
     out = {}
-    for (system, op, mib), g in by.items():
-        if system != "kvbucket":
-            continue
+    for (system, op, mib), r in by.items():
         base = by.get(("lmcache", "GET" if op.startswith("GET") else op, mib))
-        if base:
-            out[f"{op} {mib:.0f} MiB"] = g / base
+        if system == "kvbucket" and base:
+            out[f"{op} {mib:.0f} MiB"] = (r.gbps / base.gbps, r.cpu_s_per_gb / base.cpu_s_per_gb)
     return out
 
 
@@ -433,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
 
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    load_before = os.getloadavg()
     tuning = tune_malloc()  # as the daemon does; LMCache's client gets warm buffers from its allocator
     deadline = time.monotonic() + args.max_seconds
     rng = np.random.default_rng(0)
@@ -443,46 +485,47 @@ def main(argv: list[str] | None = None) -> int:
         sets["2MiB"] = [rng.integers(0, 256, size=2 << 20, dtype=np.uint8) for _ in range(args.small)]
     rows: list[Row] = []
     lookups: list[Latency] = []
-
     log(f"payloads ready; malloc tuned: {tuning}")
-    for payloads in sets.values():
-        rows.append(bench_memcpy(payloads, args.rounds))
-        rows.append(bench_tcp(payloads, args.rounds))
 
     from kvbucket.clients import wire
 
     frame = args.frame or wire.DEFAULT_FRAME
     daemons = _load_daemon_helpers()
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
-        log("kvbucket")
         d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB")
+        lm_proc = lm = None
         try:
-            r, lk = bench_kvbucket(d.url, psutil.Process(d.proc.pid), sets, args.rounds, frame, deadline)
-            rows += r
-            lookups += lk
-        finally:
-            d.stop()
-        if not args.skip_lmcache:
-            log("lmcache")
-            proc, port = start_lmcache_server(Path(tmp) / "lmcache.log")
-            try:
+            if not args.skip_lmcache:
+                lm_proc, port = start_lmcache_server(Path(tmp) / "lmcache.log")
                 need = 2 * max(sum(p.nbytes for p in ps) for ps in sets.values())  # payloads + results
-                lm = LMCacheSide(port, max(1.0, need / (1 << 30) + 0.5))
-                r, lk = bench_lmcache(lm, psutil.Process(proc.pid), sets, args.rounds, deadline)
+                lm = LMCacheSide(port, psutil.Process(lm_proc.pid), max(1.0, need / (1 << 30) + 0.5))
+            for label, payloads in sets.items():
+                shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
+                r, lk = run_set(label, payloads, shape, d.url, psutil.Process(d.proc.pid), lm, frame, args.rounds,
+                                deadline)
                 rows += r
                 lookups += lk
+        finally:
+            if lm is not None:
                 lm.close()
-            finally:
-                proc.terminate()
-                proc.wait(10)
+            if lm_proc is not None:
+                lm_proc.terminate()
+                lm_proc.wait(10)
+            d.stop()
 
+    order = {("limit", "memcpy"): 0, ("limit", "tcp loopback"): 1, ("kvbucket", "PUT"): 2, ("kvbucket", "GET"): 3,
+             ("kvbucket", "GET into"): 4, ("lmcache", "PUT"): 5, ("lmcache", "GET"): 6}
+    rows.sort(key=lambda r: (-r.chunk_mib, order[(r.system, r.op)]))
     ratios = compute_ratios(rows)
     print_report(rows, lookups, ratios)
+    load_after = os.getloadavg()
+    print(f"\nload average before / after: {load_before[0]:.1f} / {load_after[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         meta = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "started": started, "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "malloc_tuned": bool(tuning), "frame_bytes": frame, "rounds": args.rounds,
             "mem_total_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+            "loadavg_1m_before": load_before[0], "loadavg_1m_after": load_after[0],
         }
         Path(args.json).write_text(json.dumps(
             {"meta": meta, "rows": [asdict(r) for r in rows], "lookups": [asdict(x) for x in lookups],
