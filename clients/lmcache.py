@@ -34,7 +34,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +48,7 @@ from kvbucket.clients.sdk import Client
 from kvbucket.clients.wire import as_bytes
 from kvbucket.core import errors
 from kvbucket.core.buffers import BufferPool
-from kvbucket.core.keys import DTYPE_SIZES, MAX_HASH_BYTES, MAX_NAME_CHARS, Layout
+from kvbucket.core.keys import DTYPE_SIZES, MAX_HASH_BYTES, Layout, sanitize_name
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,6 @@ _TORCH_DTYPES = {
     torch.float8_e4m3fn: "float8_e4m3fn", torch.float8_e5m2: "float8_e5m2",
     torch.uint8: "uint8", torch.int8: "int8",
 }
-_NOT_NAME = re.compile(r"[^A-Za-z0-9._\-/@:+=]")
 
 
 # -- key mapping (pure) ------------------------------------------------------------------------
@@ -94,12 +92,7 @@ def model_identity(model_name: str, tags=None) -> str:
 
     A name that had to change gets `=` and a digest of the original, so two names that sanitize
     alike stay apart."""
-    text = model_name + "".join(f"+{k}={v}" for k, v in (tags or ()))
-    clean = _NOT_NAME.sub("_", text) or "_"
-    if clean != text or len(clean) > MAX_NAME_CHARS:
-        digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
-        clean = f"{clean[: MAX_NAME_CHARS - 13]}={digest}"
-    return clean
+    return sanitize_name(model_name + "".join(f"+{k}={v}" for k, v in (tags or ())))
 
 
 def slot_layout(key, slot_bytes: int, chunk_size: int) -> Layout:

@@ -34,6 +34,9 @@ from kvbucket.proto import store_pb2_grpc
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", (4 << 20) + (64 << 10)),
     ("grpc.max_send_message_length", (4 << 20) + (64 << 10)),
+    # A restarted daemon is found again within ~2 s (gRPC's default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 PutItem = tuple[bytes, object] | tuple[bytes, object, int]

@@ -74,6 +74,19 @@ def check_name(kind: str, value: str, *, allow_empty: bool = False) -> str:
     return value
 
 
+_NOT_NAME = re.compile(r"[^A-Za-z0-9._\-/@:+=]")
+
+
+def sanitize_name(text: str) -> str:
+    """`text` in the name alphabet. A name that had to change gets `=` and a digest of the
+    original, so two names that sanitize alike stay apart."""
+    clean = _NOT_NAME.sub("_", text) or "_"
+    if clean != text or len(clean) > MAX_NAME_CHARS:
+        digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+        clean = f"{clean[: MAX_NAME_CHARS - 13]}={digest}"
+    return clean
+
+
 def check_hash(h: bytes) -> bytes:
     if not 1 <= len(h) <= MAX_HASH_BYTES:
         raise InvalidArgument(f"prefix hash must be 1-{MAX_HASH_BYTES} bytes, got {len(h)}")
