@@ -122,6 +122,23 @@ class EntryKey:
         return scope_prefix(self.namespace, self.model, self.layout)
 
 
+def keys_in_scope(namespace: str, model: str, layout: str, hashes) -> list[EntryKey]:
+    """Keys of many hashes in one scope; the names are checked once, not per key (Lookup is hot)."""
+    if not hashes:
+        return []
+    keys = [EntryKey(namespace, model, layout, bytes(hashes[0]))]  # validates every part once
+    new, setattr_ = object.__new__, object.__setattr__
+    for h in hashes[1:]:
+        check_hash(h)
+        k = new(EntryKey)
+        setattr_(k, "namespace", namespace)
+        setattr_(k, "model", model)
+        setattr_(k, "layout", layout)
+        setattr_(k, "hash", bytes(h))
+        keys.append(k)
+    return keys
+
+
 def scope_prefix(namespace: str, model: str = "", layout: str = "") -> bytes:
     """The byte prefix shared by the keys of a namespace (and model, and layout when given)."""
     parts = [namespace.encode()]

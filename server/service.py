@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kvbucket.core.codecs import Codec, decompress
 from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted
-from kvbucket.core.keys import EntryKey, Layout, check_hash
+from kvbucket.core.keys import EntryKey, Layout, check_hash, keys_in_scope
 from kvbucket.core.record import Record, RecordHeader, checksum, validate_against_layout
 from kvbucket.proto import store_pb2 as pb
 from kvbucket.proto import store_pb2_grpc
@@ -72,6 +72,19 @@ class _Incoming:
         )
 
 
+def raw_entry(key: EntryKey, layout: Layout, h: pb.ChunkHeader, raw, csum: int) -> tuple[Record, EntryMeta]:
+    """The record (codec NONE, payload `raw` as given) and index meta of a verified chunk from a put."""
+    tokens = h.tokens or layout.tokens_per_chunk
+    header = RecordHeader(Codec.NONE, h.dtype, tuple(h.shape), h.raw_length, h.raw_length, csum, tokens)
+    now = time.time()
+    meta = EntryMeta(
+        key=key, tokens=tokens, raw_bytes=h.raw_length, stored_bytes=h.raw_length, codec=Codec.NONE,
+        created=now, last_access=now, dtype=h.dtype, shape=tuple(h.shape),
+        ttl_seconds=h.ttl_seconds, sliding=h.ttl_sliding, pinned=h.pin,
+    )
+    return Record(header, raw), meta
+
+
 class KVBucketService(store_pb2_grpc.KVBucketServicer):
     def __init__(self, store: TieredStore, auth: Authenticator, metrics: Metrics, limits: Limits) -> None:
         self.store = store
@@ -95,8 +108,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         if len(hashes) > MAX_KEYS:
             raise InvalidArgument(f"{len(hashes)} hashes in one call; the limit is {MAX_KEYS}")
         namespace, model, layout = self._scope(caller, scope)
-        fp = layout.fingerprint()
-        return [EntryKey(namespace, model, fp, check_hash(h)) for h in hashes]
+        return keys_in_scope(namespace, model, layout.fingerprint(), hashes)
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -147,6 +159,11 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         return pb.PutResponse(results=results)
 
     def _begin(self, caller: Caller, h: pb.ChunkHeader) -> _Incoming:
+        key, layout = self.check_header(caller, h)
+        return _Incoming(key, h, layout)
+
+    def check_header(self, caller: Caller, h: pb.ChunkHeader) -> tuple[EntryKey, Layout]:
+        """The key of a chunk header from a put, after every check a put makes (also used by server/shm.py)."""
         namespace, model, layout = self._scope(caller, h.scope)
         key = EntryKey(namespace, model, layout.fingerprint(), check_hash(h.hash))
         Codec.parse(h.codec)
@@ -162,7 +179,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
             raise InvalidArgument("payload_length is 0: a chunk carries at least one byte")
         if h.codec == pb.CODEC_NONE and h.payload_length != h.raw_length:
             raise InvalidArgument(f"codec none: payload_length {h.payload_length} != raw_length {h.raw_length}")
-        return _Incoming(key, h, layout)
+        return key, layout
 
     async def _commit(self, inc: _Incoming) -> pb.ChunkResult:
         h = inc.header
@@ -177,15 +194,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
                 f"chunk {inc.key.hash.hex()[:16]}: bytes do not match the header checksum (corrupted in transit?); "
                 "nothing was stored for it"
             )
-        tokens = h.tokens or inc.layout.tokens_per_chunk
-        header = RecordHeader(Codec.NONE, h.dtype, tuple(h.shape), h.raw_length, h.raw_length, h.checksum, tokens)
-        now = time.time()
-        meta = EntryMeta(
-            key=inc.key, tokens=tokens, raw_bytes=h.raw_length, stored_bytes=h.raw_length, codec=Codec.NONE,
-            created=now, last_access=now, dtype=h.dtype, shape=tuple(h.shape),
-            ttl_seconds=h.ttl_seconds, sliding=h.ttl_sliding, pinned=h.pin,
-        )
-        await self.store.put(inc.key, Record(header, raw), meta)
+        await self.store.put(inc.key, *raw_entry(inc.key, inc.layout, h, raw, h.checksum))
         self.metrics.bytes.labels("in").inc(h.payload_length)
         return pb.ChunkResult(hash=h.hash, stored=True)
 

@@ -86,7 +86,8 @@ class Tier(abc.ABC):
 
     @abc.abstractmethod
     def meta(self, key: EntryKey) -> EntryMeta | None:
-        """Index lookup; no I/O."""
+        """Index lookup; no I/O. The result is the index's own object: read it, change it only
+        through `set_meta` (Lookup calls this per key, so it must not copy)."""
 
     def contains(self, keys: Sequence[EntryKey]) -> list[bool]:
         return [self.meta(k) is not None for k in keys]

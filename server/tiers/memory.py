@@ -109,7 +109,7 @@ class MemoryTier(Tier):
 
     def meta(self, key: EntryKey) -> EntryMeta | None:
         entry = self._entries.get(key.to_bytes())
-        return entry.meta.copy() if entry else None
+        return entry.meta if entry else None  # the index's own object (Lookup is hot): do not mutate
 
     async def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
         for kb in sorted(k for k in self._entries if k.startswith(prefix)):
@@ -158,6 +158,12 @@ class MemoryTier(Tier):
                 " retry when reads finish, or raise the RAM capacity"
             )
         return [self._evict(k) for k in victims]
+
+    def evict(self, nbytes: int, spare: Callable[[Record], bool]) -> list[Evicted]:
+        """Evict >= `nbytes` by the policy among entries neither protected nor kept by `spare`; or nothing.
+        (The shared-memory arena uses it to free slots: `spare` keeps records that are not in the arena.)"""
+        victims = self._policy.victims(nbytes, lambda k: self._protected(k) or spare(self._entries[k].record))
+        return [self._evict(k) for k in victims or ()]
 
     def _protected(self, kb: bytes) -> bool:
         entry = self._entries[kb]

@@ -180,11 +180,11 @@ async def test_fake_clock_sets_created_and_last_access():
     assert tier.stats().misses == 1
 
 
-async def test_meta_is_a_copy_and_set_meta_rejects_other_fields():
+async def test_set_meta_changes_pins_and_rejects_other_fields():
     tier = MemoryTier(4 * KiB)
     keys = await fill(tier, "a")
-    tier.meta(keys["a"]).pinned = True
-    assert tier.meta(keys["a"]).pinned is False
+    assert tier.set_meta(keys["a"], pinned=True).pinned is True
+    assert tier.meta(keys["a"]).pinned is True
     with pytest.raises(InvalidArgument, match="settable"):
         tier.set_meta(keys["a"], stored_bytes=1)
 
