@@ -72,6 +72,9 @@ def serve(
     tls_cert: Annotated[Optional[Path], typer.Option()] = None,
     tls_key: Annotated[Optional[Path], typer.Option()] = None,
     ready_file: Annotated[Optional[Path], typer.Option(help="write the bound URL/ports here as JSON")] = None,
+    shm_size: Annotated[Optional[str], typer.Option(help="shared-memory arena for same-host clients, e.g. 4GiB "
+                                                    "(default: off, 1 GiB with --unix-socket)")] = None,
+    shm_lease_seconds: Annotated[Optional[float], typer.Option(help="shm reservation/read lease (default 30)")] = None,
     log_level: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
     """Run the daemon (RAM tier on by default; --nvme and --s3-bucket add the durable tiers)."""
@@ -91,6 +94,7 @@ def serve(
         "s3": dict(enabled=s3 if s3 is not None else (True if s3_bucket else None), bucket=s3_bucket,
                    endpoint_url=s3_endpoint, prefix=s3_prefix),
         "auth": dict(tokens_file=tokens_file, tls_cert=tls_cert, tls_key=tls_key),
+        "shm": dict(size=shm_size, lease_seconds=shm_lease_seconds),
     }
     overrides = {k: v for k, v in flat.items() if v is not None}
     for section, values in nested.items():

@@ -178,3 +178,119 @@ class DeleteResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ShmAttachRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShmStats(_message.Message):
+    __slots__ = ("size", "used_bytes", "slots", "leases", "largest_free", "expired_leases")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FREE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_LEASES_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    used_bytes: int
+    slots: int
+    leases: int
+    largest_free: int
+    expired_leases: int
+    def __init__(self, size: _Optional[int] = ..., used_bytes: _Optional[int] = ..., slots: _Optional[int] = ..., leases: _Optional[int] = ..., largest_free: _Optional[int] = ..., expired_leases: _Optional[int] = ...) -> None: ...
+
+class ShmAttachResponse(_message.Message):
+    __slots__ = ("path", "size", "nonce", "lease_seconds", "stats")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    nonce: int
+    lease_seconds: float
+    stats: ShmStats
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., nonce: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., stats: _Optional[_Union[ShmStats, _Mapping]] = ...) -> None: ...
+
+class ShmSlot(_message.Message):
+    __slots__ = ("offset", "length", "fallback")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    fallback: bool
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., fallback: bool = ...) -> None: ...
+
+class ShmReserveRequest(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkHeader]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ...) -> None: ...
+
+class ShmReserveResponse(_message.Message):
+    __slots__ = ("lease", "slots")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    slots: _containers.RepeatedCompositeFieldContainer[ShmSlot]
+    def __init__(self, lease: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ...) -> None: ...
+
+class ShmCommitRequest(_message.Message):
+    __slots__ = ("lease", "checksums")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    checksums: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lease: _Optional[int] = ..., checksums: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShmCommitResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChunkResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ...) -> None: ...
+
+class ShmGetRequest(_message.Message):
+    __slots__ = ("scope", "hashes", "stop_at_first_miss")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    STOP_AT_FIRST_MISS_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    stop_at_first_miss: bool
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., stop_at_first_miss: bool = ...) -> None: ...
+
+class ShmChunk(_message.Message):
+    __slots__ = ("header", "offset", "miss", "fallback", "index")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MISS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    header: ChunkHeader
+    offset: int
+    miss: bool
+    fallback: bool
+    index: int
+    def __init__(self, header: _Optional[_Union[ChunkHeader, _Mapping]] = ..., offset: _Optional[int] = ..., miss: bool = ..., fallback: bool = ..., index: _Optional[int] = ...) -> None: ...
+
+class ShmGetResponse(_message.Message):
+    __slots__ = ("lease", "chunks")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    chunks: _containers.RepeatedCompositeFieldContainer[ShmChunk]
+    def __init__(self, lease: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ShmChunk, _Mapping]]] = ...) -> None: ...
+
+class ShmReleaseRequest(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: int
+    def __init__(self, lease: _Optional[int] = ...) -> None: ...
+
+class ShmReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: bool = ...) -> None: ...

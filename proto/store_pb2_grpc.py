@@ -267,3 +267,247 @@ class KVBucket(object):
             timeout,
             metadata,
             _registered_method=True)
+
+
+class KVBucketShmStub(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ShmAttach = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmAttach',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmAttachRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmAttachResponse.FromString,
+                _registered_method=True)
+        self.ShmReserve = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmReserve',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmReserveRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmReserveResponse.FromString,
+                _registered_method=True)
+        self.ShmCommit = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmCommit',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmCommitRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmCommitResponse.FromString,
+                _registered_method=True)
+        self.ShmGet = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmGet',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmGetRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmGetResponse.FromString,
+                _registered_method=True)
+        self.ShmRelease = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmRelease',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmReleaseRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmReleaseResponse.FromString,
+                _registered_method=True)
+
+
+class KVBucketShmServicer(object):
+    """Missing associated documentation comment in .proto file."""
+
+    def ShmAttach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShmReserve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShmCommit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShmGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShmRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_KVBucketShmServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ShmAttach': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmAttach,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmAttachRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmAttachResponse.SerializeToString,
+            ),
+            'ShmReserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmReserve,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmReserveRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmReserveResponse.SerializeToString,
+            ),
+            'ShmCommit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmCommit,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmCommitRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmCommitResponse.SerializeToString,
+            ),
+            'ShmGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmGet,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmGetRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmGetResponse.SerializeToString,
+            ),
+            'ShmRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmRelease,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmReleaseRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmReleaseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kvbucket.v1.KVBucketShm', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kvbucket.v1.KVBucketShm', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class KVBucketShm(object):
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ShmAttach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmAttach',
+            kvbucket_dot_proto_dot_store__pb2.ShmAttachRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmAttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShmReserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmReserve',
+            kvbucket_dot_proto_dot_store__pb2.ShmReserveRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShmCommit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmCommit',
+            kvbucket_dot_proto_dot_store__pb2.ShmCommitRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmCommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShmGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmGet',
+            kvbucket_dot_proto_dot_store__pb2.ShmGetRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShmRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmRelease',
+            kvbucket_dot_proto_dot_store__pb2.ShmReleaseRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

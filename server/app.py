@@ -23,6 +23,7 @@ from kvbucket.server.owner import CacheOwner
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.service import KVBucketService, Limits
 from kvbucket.server.settings import Settings
+from kvbucket.server.shm import Leases, ShmCollector, ShmService
 from kvbucket.server.store import TieredStore
 from kvbucket.server.tiers.base import EntryMeta, Tier
 
@@ -91,6 +92,8 @@ class Daemon:
             max_label_pairs=a.max_label_pairs, hydrate=settings.s3.hydrate_on_start,
         )
         self.server: grpc.aio.Server | None = None
+        self.shm: ShmService | None = None
+        self._sweeper: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = -1
 
@@ -110,9 +113,9 @@ class Daemon:
             ("grpc.max_send_message_length", frame + (64 << 10)),
             ("grpc.so_reuseport", 0),
         ])
-        store_pb2_grpc.add_KVBucketServicer_to_server(
-            KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes))), self.server
-        )
+        data = KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes)))
+        store_pb2_grpc.add_KVBucketServicer_to_server(data, self.server)
+        self._start_shm(data)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(self.store, self.auth, self.metrics, kvbucket.__version__, owner=self.owner,
                          clock=self.clock, debug_clock=s.admin.debug_clock),
@@ -123,6 +126,7 @@ class Daemon:
         reflection.enable_server_reflection(
             (
                 store_pb2.DESCRIPTOR.services_by_name["KVBucket"].full_name,
+                store_pb2.DESCRIPTOR.services_by_name["KVBucketShm"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
@@ -145,6 +149,18 @@ class Daemon:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
         self._announce()
 
+    def _start_shm(self, data: KVBucketService) -> None:
+        """The shared-memory data plane: the servicer always (it answers FAILED_PRECONDITION when off)."""
+        from kvbucket.server.arena import Arena
+
+        s = self.settings
+        arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve) if s.shm_size else None
+        self.shm = ShmService(data, arena, Leases(self.clock, s.shm.lease_seconds))
+        store_pb2_grpc.add_KVBucketShmServicer_to_server(self.shm, self.server)
+        if arena is not None:
+            self.metrics.registry.register(ShmCollector(self.shm))
+            self._sweeper = asyncio.get_running_loop().create_task(self.shm.sweep_forever())
+
     def _announce(self) -> None:
         s = self.settings
         info = {
@@ -153,6 +169,7 @@ class Daemon:
             "unix_url": f"kvbucket+unix://{s.unix_socket}" if s.unix_socket else None,
             "metrics_url": f"http://{s.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port >= 0 else None,
             "tiers": [t.name for t in self.store.tiers],
+            "shm": str(self.shm.arena.path) if self.shm and self.shm.arena else None,
             "auth": self.auth.enabled,
         }
         log.info("kvbucket %s serving %s", kvbucket.__version__, json.dumps(info))
@@ -164,8 +181,12 @@ class Daemon:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.owner.stop()
         await self.store.close()
+        if self.shm is not None:
+            self.shm.close()
 
     async def wait(self) -> None:
         assert self.server is not None

@@ -71,6 +71,18 @@ class AdminSettings(BaseModel):
     debug_clock: bool = False  # TEST ONLY: lets the AdvanceClock admin RPC move the daemon's clock
 
 
+class ShmSettings(BaseModel):
+    """The same-host shared-memory data plane (server/shm.py). Off unless `size` is set or the daemon
+    listens on a unix socket (then `auto_size`). The arena is one /dev/shm file, mode 0600."""
+
+    size: ByteSize = ByteSize(0)  # 0: off, or `auto_size` when unix_socket is set
+    auto_size: ByteSize = ByteSize(1 << 30)  # arena size when enabled by a unix socket alone (capped to RAM)
+    enabled: bool | None = None  # None: as above; False: never; True: with `size` or `auto_size`
+    lease_seconds: float = 30.0  # an uncommitted reservation or unreleased read is dropped after this
+    reserve: bool = True  # posix_fallocate the arena at start: no SIGBUS when /dev/shm fills up later
+    directory: Path = Path("/dev/shm")
+
+
 class AuthSettings(BaseModel):
     tokens_file: Path | None = None  # TOML: [[tokens]] token=..., tenant=..., admin=false
     tls_cert: Path | None = None
@@ -99,6 +111,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    shm: ShmSettings = Field(default_factory=ShmSettings)
 
     @field_validator("max_frame_bytes")
     @classmethod
@@ -120,6 +133,18 @@ class Settings(BaseSettings):
         if _CONFIG_FILE is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
         return tuple(sources)
+
+    @property
+    def shm_size(self) -> int:
+        """Arena bytes, 0 when the shared-memory path is off (see ShmSettings)."""
+        shm = self.shm
+        if shm.enabled is False or not self.ram.enabled:
+            return 0
+        if shm.size:
+            return int(shm.size)
+        if shm.enabled or self.unix_socket is not None:
+            return min(int(shm.auto_size), int(self.ram.capacity))
+        return 0
 
     @property
     def nvme_path(self) -> Path:

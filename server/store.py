@@ -157,6 +157,14 @@ class TieredStore:
             if nxt.meta(ev.key) is None and ev.key not in wb:
                 wb.offer(ev.key, ev.record, ev.meta)
 
+    def evict_first(self, nbytes: int, spare: Callable[[Record], bool]) -> int:
+        """Evict >= `nbytes` from the first tier by its policy, keeping records `spare` says; demoted as
+        on a put. The number of entries evicted (0: the tier cannot, or has no `evict`)."""
+        evict = getattr(self.first, "evict", None)
+        evicted = evict(nbytes, spare) if evict is not None else []
+        self._demote(evicted)
+        return len(evicted)
+
     async def delete(self, key: EntryKey) -> bool:
         deleted = False
         for wb in self._behind.values():

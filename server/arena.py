@@ -1,0 +1,154 @@
+"""The shared-memory arena: one file in /dev/shm, mapped by the daemon and by same-host clients.
+
+    0       8   magic b"KVBSHM01"
+    8       8   nonce (u64 little-endian): a client checks it to know it mapped the daemon's arena
+    4096    ..  slots, each a whole number of pages
+
+`Extents` is the allocator: first-fit over a sorted list of free extents, coalescing on free.
+`Arena.slot(n)` hands out a slot as a numpy view of the mapping; the slot returns to the allocator
+when the last reference to that view (or to any memoryview made from it) goes away -- a RAM-tier
+record, a read lease, a write-behind copy in flight. So a slot cannot be reused while anything in
+the daemon still refers to it, whatever path it took out of the index (delete, overwrite, eviction).
+
+Trust: every process that can open the file reads and writes every slot, across namespaces. The file
+is created with mode 0600 (the daemon's user); auth scopes the RPCs, not the memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import secrets
+import struct
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAGE = mmap.PAGESIZE
+HEADER = struct.Struct("<8sQ")
+MAGIC = b"KVBSHM01"
+
+
+def round_up(n: int, to: int = PAGE) -> int:
+    return (n + to - 1) // to * to
+
+
+class Extents:
+    """First-fit allocator over [start, end) with coalescing of adjacent free extents. Thread-safe.
+
+    Invariants: free extents are disjoint, non-adjacent (merged) and sorted by offset; every allocated
+    extent is freed at most once (a double free raises).
+    """
+
+    def __init__(self, start: int, end: int, align: int = PAGE) -> None:
+        self.align = align
+        self.size = end - start
+        self._starts: list[int] = [start] if end > start else []
+        self._len: dict[int, int] = {start: end - start} if end > start else {}
+        self._used: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def alloc(self, n: int) -> int | None:
+        """Offset of a free extent of at least n bytes (rounded up to `align`), or None."""
+        n = round_up(max(n, 1), self.align)
+        with self._lock:
+            for i, start in enumerate(self._starts):
+                have = self._len[start]
+                if have < n:
+                    continue
+                del self._len[start]
+                if have == n:
+                    del self._starts[i]
+                else:
+                    self._starts[i] = start + n
+                    self._len[start + n] = have - n
+                self._used[start] = n
+                return start
+        return None
+
+    def free(self, start: int) -> None:
+        with self._lock:
+            n = self._used.pop(start)  # KeyError: not allocated (double free)
+            i = bisect.bisect_left(self._starts, start)
+            if i < len(self._starts) and self._starts[i] == start + n:  # merge with the next extent
+                n += self._len.pop(self._starts.pop(i))
+            if i > 0 and (prev := self._starts[i - 1]) + self._len[prev] == start:  # and the previous
+                self._len[prev] += n
+            else:
+                self._starts.insert(i, start)
+                self._len[start] = n
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(self._used.values())
+
+    @property
+    def slots(self) -> int:
+        return len(self._used)
+
+    @property
+    def largest_free(self) -> int:
+        with self._lock:
+            return max(self._len.values(), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ArenaStats:
+    size: int
+    used_bytes: int
+    slots: int
+    largest_free: int
+
+
+class Arena:
+    """A /dev/shm file of `size` bytes (plus a header page), mapped shared; `close()` unlinks it."""
+
+    def __init__(self, size: int, directory: Path = Path("/dev/shm"), reserve: bool = True) -> None:
+        self.nonce = secrets.randbits(63) or 1
+        self.path = directory / f"kvbucket-{os.getpid()}-{self.nonce:016x}"
+        total = PAGE + round_up(size)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if reserve:  # take the pages now: a full /dev/shm later must not SIGBUS a writer
+                os.posix_fallocate(fd, 0, total)
+            else:
+                os.ftruncate(fd, total)
+            self._mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        HEADER.pack_into(self._mm, 0, MAGIC, self.nonce)
+        self.size = total
+        self.extents = Extents(PAGE, total)
+        self._base = np.frombuffer(self._mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
+
+    def slot(self, n: int) -> np.ndarray | None:
+        """A writable view of n bytes of the arena, freed when its last reference goes; None if full."""
+        off = self.extents.alloc(n)
+        if off is None:
+            return None
+        view = np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=off)
+        weakref.finalize(view, self.extents.free, off)
+        return view
+
+    def offset_of(self, payload) -> int | None:
+        """Where `payload` (a slot or a memoryview of one) starts in the arena; None if it is not a slot."""
+        arr = payload.obj if type(payload) is memoryview else payload
+        if type(arr) is not np.ndarray or type(arr.base) is not memoryview or arr.base.obj is not self._mm:
+            return None  # np.frombuffer's base is a memoryview of the mapping
+        return arr.__array_interface__["data"][0] - self._base
+
+    def stats(self) -> ArenaStats:
+        e = self.extents
+        return ArenaStats(self.size - PAGE, e.used_bytes, e.slots, e.largest_free)
+
+    def close(self) -> None:
+        """Unlink the file; the mapping goes when the last slot view does (clients keep theirs)."""
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,293 @@
+"""The same-host data plane (proto/store.proto, service KVBucketShm): bytes in the arena, control in gRPC.
+
+Put: ShmReserve validates the headers as Put does and allocates one arena slot per chunk (evicting
+arena-held RAM entries when the arena is full; `fallback` when it still cannot); the client writes the
+bytes; ShmCommit verifies each slot's xxh3 and stores a record whose payload *is* the slot -- the RAM
+tier keeps it, no copy. Get: ShmGet returns the offsets of the slots holding the entries (an entry
+held outside the arena -- put over gRPC, promoted from NVMe -- is copied into a fresh slot) under a
+lease; the client copies and releases. A lease holds references to its slots; a slot goes back to
+the allocator only when nothing refers to it (server/arena.py), so a slot under a read lease is not
+reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
+released expires after `lease_seconds` and drops its references.
+
+The servicer reuses the data-plane validation of server/service.py and the store's read path, so
+scopes, auth, hits, misses and metrics behave as with Put/Get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument
+from kvbucket.core.keys import EntryKey, Layout
+from kvbucket.core.record import Record, checksum
+from kvbucket.proto import store_pb2 as pb
+from kvbucket.proto import store_pb2_grpc
+from kvbucket.server.arena import Arena
+from kvbucket.server.errors import rpc
+from kvbucket.server.service import MAX_KEYS, KVBucketService, raw_entry
+
+log = logging.getLogger(__name__)
+THREAD_BYTES = 4 << 20  # checksum / copy larger than this off the event loop
+MAKE_ROOM_TRIES = 8
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: EntryKey
+    layout: Layout
+    header: pb.ChunkHeader
+    view: np.ndarray | None  # None: fallback (no room)
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    tenant: str
+    kind: str  # "put" | "get"
+    expires: float
+    pending: list[_Pending] = field(default_factory=list)  # put
+    held: list[np.ndarray] = field(default_factory=list)  # get
+
+
+class Leases:
+    """Open leases by id; expiry is an absolute time, checked on use and by `sweep`."""
+
+    def __init__(self, clock: Callable[[], float], seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self._open: dict[int, Lease] = {}
+        self.expired = 0
+
+    def open(self, tenant: str, kind: str, **parts) -> Lease:
+        lease = Lease(secrets.randbits(63) or 1, tenant, kind, self.clock() + self.seconds, **parts)
+        self._open[lease.id] = lease
+        return lease
+
+    def take(self, lease_id: int, tenant: str, kind: str | None = None) -> Lease | None:
+        """Remove and return a live lease of this tenant; None if unknown, expired or someone else's."""
+        lease = self._open.get(lease_id)
+        if lease is None or lease.tenant != tenant or (kind and lease.kind != kind):
+            return None
+        del self._open[lease_id]
+        if lease.expires <= self.clock():
+            self.expired += 1
+            return None
+        return lease
+
+    def sweep(self) -> int:
+        now = self.clock()
+        dead = [i for i, lease in self._open.items() if lease.expires <= now]
+        for i in dead:
+            del self._open[i]  # its slot references go with it
+        self.expired += len(dead)
+        return len(dead)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class ShmService(store_pb2_grpc.KVBucketShmServicer):
+    def __init__(self, data: KVBucketService, arena: Arena | None, leases: Leases) -> None:
+        self.data = data
+        self.store = data.store
+        self.metrics = data.metrics
+        self.arena = arena
+        self.leases = leases
+        self.fallbacks = {"put": 0, "get": 0}
+        self.copied_in = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        period = max(0.05, min(1.0, self.leases.seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.leases.sweep()
+
+    def close(self) -> None:
+        if self.arena is not None:
+            self.arena.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _begin(self, context):
+        if self.arena is None:
+            raise FailedPrecondition(
+                "shared memory is off on this daemon: start it with --shm-size (or a unix socket), or use Put/Get"
+            )
+        self.leases.sweep()
+        return self.data._caller(context)
+
+    def _in_arena(self, rec: Record) -> bool:
+        return self.arena.offset_of(rec.payload) is not None
+
+    def _slot(self, n: int) -> np.ndarray | None:
+        """A slot of n bytes, evicting arena-held RAM entries (by the tier's policy) when full."""
+        view = self.arena.slot(n)
+        for _ in range(MAKE_ROOM_TRIES):
+            if view is not None:
+                break
+            if not self.store.evict_first(n, lambda rec: not self._in_arena(rec)):
+                break
+            view = self.arena.slot(n)
+        return view
+
+    def stats(self) -> pb.ShmStats:
+        s = self.arena.stats()
+        return pb.ShmStats(size=s.size, used_bytes=s.used_bytes, slots=s.slots, leases=len(self.leases),
+                           largest_free=s.largest_free, expired_leases=self.leases.expired)
+
+    # -- RPCs ------------------------------------------------------------------------------
+
+    @rpc("shm_attach")
+    async def ShmAttach(self, request: pb.ShmAttachRequest, context) -> pb.ShmAttachResponse:
+        self._begin(context)
+        a = self.arena
+        return pb.ShmAttachResponse(path=str(a.path), size=a.size, nonce=a.nonce,
+                                    lease_seconds=self.leases.seconds, stats=self.stats())
+
+    @rpc("shm_reserve")
+    async def ShmReserve(self, request: pb.ShmReserveRequest, context) -> pb.ShmReserveResponse:
+        caller = self._begin(context)
+        if len(request.chunks) > MAX_KEYS:
+            raise InvalidArgument(f"{len(request.chunks)} chunks in one call; the limit is {MAX_KEYS}")
+        checked = []
+        for h in request.chunks:
+            if h.codec != pb.CODEC_NONE:
+                raise InvalidArgument("shared-memory puts carry raw bytes: codec must be CODEC_NONE (use Put)")
+            checked.append((h, *self.data.check_header(caller, h)))
+        pending = [_Pending(key, layout, h, self._slot(h.raw_length)) for h, key, layout in checked]
+        slots = []
+        for p in pending:
+            if p.view is None:
+                self.fallbacks["put"] += 1
+                slots.append(pb.ShmSlot(fallback=True))
+            else:
+                slots.append(pb.ShmSlot(offset=self.arena.offset_of(p.view), length=len(p.view)))
+        if all(p.view is None for p in pending):
+            return pb.ShmReserveResponse(lease=0, slots=slots)
+        lease = self.leases.open(caller.tenant, "put", pending=pending)
+        return pb.ShmReserveResponse(lease=lease.id, slots=slots)
+
+    @rpc("shm_commit")
+    async def ShmCommit(self, request: pb.ShmCommitRequest, context) -> pb.ShmCommitResponse:
+        caller = self._begin(context)
+        lease = self.leases.take(request.lease, caller.tenant, "put")
+        if lease is None:
+            raise FailedPrecondition(
+                f"put lease {request.lease} is unknown or expired (lease_seconds {self.leases.seconds}); "
+                "nothing was stored: put the chunks again"
+            )
+        if len(request.checksums) != len(lease.pending):
+            raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} reserved slots")
+        todo = [(p, c) for p, c in zip(lease.pending, request.checksums) if p.view is not None]
+        views = [p.view for p, _ in todo]
+        if sum(len(v) for v in views) > THREAD_BYTES:
+            sums = await asyncio.to_thread(lambda: [checksum(v) for v in views])
+        else:
+            sums = [checksum(v) for v in views]
+        for (p, want), got in zip(todo, sums):
+            if got != want:
+                self.metrics.rejected.labels("checksum").inc()
+                raise DataLoss(
+                    f"chunk {p.key.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the checksum "
+                    "given at commit; nothing of this lease was stored"
+                )
+        results = []
+        for p, want in todo:
+            await self.store.put(p.key, *raw_entry(p.key, p.layout, p.header, memoryview(p.view), want))
+            self.metrics.bytes.labels("in").inc(len(p.view))
+            results.append(pb.ChunkResult(hash=p.header.hash, stored=True))
+        return pb.ShmCommitResponse(results=results)
+
+    @rpc("shm_get")
+    async def ShmGet(self, request: pb.ShmGetRequest, context) -> pb.ShmGetResponse:
+        caller = self._begin(context)
+        keys = self.data._keys(caller, request.scope, request.hashes)
+        chunks: list[pb.ShmChunk] = []
+        held: list[np.ndarray] = []
+        for i, key in enumerate(keys):
+            async with self.store.reading(key) as rec:
+                if rec is None:
+                    chunks.append(pb.ShmChunk(miss=True, index=i))
+                    if request.stop_at_first_miss:
+                        break
+                    continue
+                view = await self._hold(rec)
+            h = rec.header
+            header = pb.ChunkHeader(hash=key.hash, codec=pb.CODEC_NONE, raw_length=h.raw_length,
+                                    payload_length=h.raw_length, checksum=h.checksum, tokens=h.tokens,
+                                    dtype=h.dtype, shape=h.shape, index=i)
+            if view is None:
+                self.fallbacks["get"] += 1
+                chunks.append(pb.ShmChunk(header=header, fallback=True, index=i))
+                continue
+            held.append(view)
+            chunks.append(pb.ShmChunk(header=header, offset=self.arena.offset_of(view), index=i))
+            self.metrics.bytes.labels("out").inc(h.raw_length)
+            self.metrics.tokens_served.inc(h.tokens)
+        if not held:
+            return pb.ShmGetResponse(lease=0, chunks=chunks)
+        lease = self.leases.open(caller.tenant, "get", held=held)
+        return pb.ShmGetResponse(lease=lease.id, chunks=chunks)
+
+    async def _hold(self, rec: Record) -> np.ndarray | None:
+        """The slot holding `rec`'s bytes: its own, or a fresh one it is copied into; None if no room."""
+        p = rec.payload
+        if self.arena.offset_of(p) is not None:
+            return p.obj if type(p) is memoryview else p
+        view = self.arena.slot(len(p))
+        if view is None:
+            return None
+        src = np.frombuffer(p, dtype=np.uint8)
+        if len(p) > THREAD_BYTES:
+            await asyncio.to_thread(np.copyto, view, src)
+        else:
+            np.copyto(view, src)
+        self.copied_in += 1
+        return view
+
+    @rpc("shm_release")
+    async def ShmRelease(self, request: pb.ShmReleaseRequest, context) -> pb.ShmReleaseResponse:
+        caller = self._begin(context)
+        return pb.ShmReleaseResponse(released=self.leases.take(request.lease, caller.tenant) is not None)
+
+
+class ShmCollector:
+    """kvbucket_shm_* gauges, read at scrape time."""
+
+    def __init__(self, service: ShmService) -> None:
+        self.service = service
+
+    def collect(self):
+        svc = self.service
+        if svc.arena is None:
+            return
+        s = svc.arena.stats()
+        g = GaugeMetricFamily
+        yield g("kvbucket_shm_size_bytes", "Usable bytes of the shared-memory arena", value=s.size)
+        yield g("kvbucket_shm_used_bytes", "Arena bytes in live slots (entries, reservations, leases)",
+                value=s.used_bytes)
+        yield g("kvbucket_shm_slots", "Live arena slots", value=s.slots)
+        yield g("kvbucket_shm_largest_free_bytes", "Largest free arena extent", value=s.largest_free)
+        yield g("kvbucket_shm_leases", "Open shared-memory leases", value=len(svc.leases))
+        yield CounterMetricFamily("kvbucket_shm_leases_expired", "Leases dropped on expiry",
+                                  value=svc.leases.expired)
+        fb = CounterMetricFamily("kvbucket_shm_fallback_chunks", "Chunks sent back to gRPC (no arena room)",
+                                 labels=["op"])
+        for op, n in svc.fallbacks.items():
+            fb.add_metric([op], n)
+        yield fb
+        yield CounterMetricFamily("kvbucket_shm_copied_in", "Entries copied into the arena for a shm Get",
+                                  value=svc.copied_in)
+
+    def describe(self):
+        return []
