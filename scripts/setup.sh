@@ -23,14 +23,14 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/kvbucket" ]];
 else
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
     PIP=("$VENV/bin/python" -m pip)
-    "${PIP[@]}" install -q --upgrade pip 2>&1 | grep -v -i warning || true
+    "${PIP[@]}" install -q --upgrade pip 2>&1 | { grep -v -i warning || true; }
     if [[ $DEV == 1 ]]; then
         echo "setup: installing torch 2.13.0 (CPU), kvbucket[dev,lmcache]"
-        "${PIP[@]}" install -q torch==2.13.0 2>&1 | grep -v -i warning || true
-        "${PIP[@]}" install -q -e "$REPO[dev,lmcache]" 2>&1 | grep -v -i warning || true
+        "${PIP[@]}" install -q torch==2.13.0 2>&1 | { grep -v -i warning || true; }
+        "${PIP[@]}" install -q -e "$REPO[dev,lmcache]" 2>&1 | { grep -v -i warning || true; }
     else
         echo "setup: installing kvbucket"
-        "${PIP[@]}" install -q -e "$REPO" 2>&1 | grep -v -i warning || true
+        "${PIP[@]}" install -q -e "$REPO" 2>&1 | { grep -v -i warning || true; }
     fi
     "$VENV/bin/python" -c "import kvbucket.server.app" # fail here, not later
     echo "$WANT" >"$STAMP"
