@@ -60,6 +60,8 @@ class Expiry:
         now = self.clock()
         meta = meta.copy(created=now, last_access=now)
         old = _held(self.store, key)
+        if old is not None and old.expires_at and old.expires_at <= now:
+            old = None  # expired, only not swept yet: this put is a new entry, not heir to a dead deadline
         if old is not None and not (meta.ttl_seconds or meta.pinned):  # a re-put keeps pin and TTL
             meta = meta.copy(**{f: getattr(old, f) for f in _CARRIED})
             if meta.sliding and meta.ttl_seconds:
