@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 
 from kvbucket.core.errors import InvalidArgument
@@ -42,8 +43,15 @@ class Expiry:
         self.batch = batch
         self._heap: list[tuple[float, int, int, EntryKey]] = []
         self._seq = itertools.count()
+        self._next: dict[tuple[int, EntryKey], float] = {}  # the earliest item queued per (kind, key)
 
     def _due(self, when: float, kind: int, key: EntryKey) -> None:
+        # One item per (kind, key): an earlier one re-checks the meta when popped and re-queues it at
+        # the then-current time, so a later due time needs no item of its own (a hot sliding entry
+        # would otherwise add one per refresh, and each would be re-queued for as long as it lives).
+        if self._next.get((kind, key), math.inf) <= when:
+            return
+        self._next[(kind, key)] = when
         heapq.heappush(self._heap, (when, next(self._seq), kind, key))
 
     def _track(self, meta: EntryMeta) -> None:
@@ -126,7 +134,10 @@ class Expiry:
         for _ in range(self.batch):
             if not self._heap or self._heap[0][0] > now:
                 break
-            _when, _seq, kind, key = heapq.heappop(self._heap)
+            when, _seq, kind, key = heapq.heappop(self._heap)
+            if self._next.get((kind, key)) != when:
+                continue  # superseded by an earlier item for this key, already handled
+            del self._next[(kind, key)]
             meta = _held(self.store, key)
             if meta is None:
                 continue
