@@ -1,0 +1,202 @@
+"""Client side of the same-host data plane: the daemon's arena mapped here, bytes copied in and out.
+
+`Client`/`AsyncClient` attach on first use when the URL is a unix socket or `shm=True` was passed:
+ShmAttach names the arena file; it is opened read-write and mapped, and the nonce at offset 8 must
+match (proof that this is the daemon's arena, not a file of the same name on another host). When any
+of that fails the client uses gRPC streaming for good and logs it once.
+
+Put: `reserve_request` -> ShmReserve -> `ShmPlane.write` (copy into the slots, hashing each piece
+while it is in cache) -> ShmCommit with the checksums. Get: ShmGet -> `ShmPlane.read` (copy out,
+verify) -> ShmRelease. Chunks the daemon marks `fallback` go through Put/Get. Both SDK clients are
+thin shells over these functions.
+
+`register_with_cuda(view)` page-locks a mapped region for CUDA (cudaHostRegister) so GPU copies
+into it run as DMA; `Client.shm_region()` is the region.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+
+import xxhash
+
+from kvbucket.clients.wire import as_bytes
+from kvbucket.core import errors
+from kvbucket.core.record import checksum
+from kvbucket.proto import store_pb2 as pb
+
+log = logging.getLogger(__name__)
+PIECE = 256 << 10  # copy then hash this much at a time: the second pass reads from cache
+_HEADER = struct.Struct("<8sQ")
+_MAGIC = b"KVBSHM01"
+
+
+class ShmPlane:
+    """The daemon's arena, mapped read-write in this process."""
+
+    def __init__(self, attach: pb.ShmAttachResponse) -> None:
+        fd = os.open(attach.path, os.O_RDWR)
+        try:
+            self._mm = mmap.mmap(fd, attach.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        magic, nonce = _HEADER.unpack_from(self._mm, 0)
+        if magic != _MAGIC or nonce != attach.nonce:
+            self._mm.close()
+            raise OSError(f"{attach.path} is not this daemon's arena (another host, or a stale file)")
+        self.path = attach.path
+        self.lease_seconds = attach.lease_seconds
+        self.view = memoryview(self._mm)
+
+    def write(self, slots, raws: list[memoryview]) -> list[int]:
+        """Copy each raw chunk into its slot; the xxh3 of each (0 for fallback slots)."""
+        sums = []
+        for slot, raw in zip(slots, raws, strict=True):
+            if slot.fallback:
+                sums.append(0)
+                continue
+            if slot.length != len(raw):
+                raise errors.InvalidArgument(f"daemon reserved {slot.length} bytes, chunk is {len(raw)}")
+            sums.append(_copy_hash(self.view[slot.offset : slot.offset + len(raw)], raw))
+        return sums
+
+    def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
+        """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
+        fallback = []
+        for c in resp.chunks:
+            if c.miss:
+                continue
+            if c.fallback:
+                fallback.append(c.index)
+                continue
+            h = c.header
+            dst = _target(out, c.index, h.raw_length)
+            if _copy_hash(dst, self.view[c.offset : c.offset + h.raw_length]) != h.checksum:
+                raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum in shared memory")
+            results[c.index] = dst
+        return fallback
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self._mm.close()
+        except BufferError:  # a caller still holds a view of the region (shm_region); the mapping stays
+            pass
+
+
+def _target(out: list | None, index: int, n: int) -> memoryview:
+    target = out[index] if out is not None else None
+    if target is None:
+        return memoryview(bytearray(n))
+    mv = as_bytes(target)
+    if len(mv) < n:
+        raise errors.InvalidArgument(f"output buffer {index} holds {len(mv)} bytes, chunk is {n}")
+    return mv[:n]
+
+
+def _copy_hash(dst: memoryview, src: memoryview) -> int:
+    """dst[:] = src; returns xxh3_64 of the bytes, hashed piece by piece from the cache-hot destination."""
+    n = len(src)
+    if n <= PIECE:
+        dst[:] = src
+        return checksum(dst)
+    h = xxhash.xxh3_64()
+    for off in range(0, n, PIECE):
+        end = min(off + PIECE, n)
+        dst[off:end] = src[off:end]
+        h.update(dst[off:end])
+    return h.intdigest()
+
+
+def reserve_request(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
+                    pin: bool = False) -> tuple[pb.ShmReserveRequest, list[memoryview]]:
+    """ShmReserve for `(hash, payload, tokens)` items, and the raw byte views to write."""
+    layout = scope.layout
+    chunks, raws = [], []
+    for h, data, tokens in items:
+        raw = as_bytes(data)
+        raws.append(raw)
+        chunks.append(pb.ChunkHeader(
+            scope=scope, hash=h, codec=pb.CODEC_NONE, raw_length=len(raw), payload_length=len(raw),
+            tokens=tokens, dtype=layout.dtype, shape=layout.shape, ttl_seconds=ttl_seconds,
+            ttl_sliding=ttl_sliding, pin=pin,
+        ))
+    return pb.ShmReserveRequest(chunks=chunks), raws
+
+
+def commit_results(slots, commit: pb.ShmCommitResponse | None) -> tuple[list[bool | None], list[int]]:
+    """Per item: stored or not (None for fallback), and the indexes to send by Put."""
+    stored: list[bool | None] = []
+    results = iter(commit.results if commit is not None else ())
+    fallback = []
+    for i, slot in enumerate(slots):
+        if slot.fallback:
+            stored.append(None)
+            fallback.append(i)
+        else:
+            stored.append(next(results).stored)
+    return stored, fallback
+
+
+class Attachment:
+    """Attach-once state shared by a client and the clients `scoped()` derives from it."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.plane: ShmPlane | None = None
+        self.tried = False
+
+    def settle(self, attach: pb.ShmAttachResponse | None, why: str = "") -> ShmPlane | None:
+        """Open the arena from an ShmAttach reply (None: the daemon refused, `why`); logs a failure once."""
+        self.tried = True
+        if attach is not None:
+            try:
+                self.plane = ShmPlane(attach)
+                return self.plane
+            except (OSError, ValueError) as exc:
+                why = f"cannot map {attach.path}: {exc}"
+        log.warning("kvbucket: shared-memory data plane unavailable (%s); using gRPC streaming", why)
+        return None
+
+    def close(self) -> None:
+        if self.plane is not None:
+            self.plane.close()
+            self.plane = None
+
+
+def register_with_cuda(view) -> bool:
+    """Page-lock `view` (e.g. `Client.shm_region()`) with cudaHostRegister, so GPU copies and kernels can
+    write into it directly (DMA, no staging buffer). False when torch or CUDA is not available; raises
+    RuntimeError when CUDA refuses. Unregister with `unregister_from_cuda(view)` before the mapping goes."""
+    ptr, n = _address(view)
+    cudart = _cudart()
+    if cudart is None:
+        return False
+    rc = cudart.cudaHostRegister(ptr, n, 0)  # cudaHostRegisterDefault
+    if int(rc) != 0:
+        raise RuntimeError(f"cudaHostRegister of {n} bytes at {ptr:#x} failed: {rc}")
+    return True
+
+
+def unregister_from_cuda(view) -> bool:
+    ptr, _ = _address(view)
+    cudart = _cudart()
+    return cudart is not None and int(cudart.cudaHostUnregister(ptr)) == 0
+
+
+def _cudart():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.cudart() if torch.cuda.is_available() else None
+
+
+def _address(view) -> tuple[int, int]:
+    import numpy as np
+
+    arr = np.frombuffer(view, dtype=np.uint8)
+    return arr.ctypes.data, arr.nbytes
