@@ -121,7 +121,8 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
     def _begin(self, context):
         if self.arena is None:
             raise FailedPrecondition(
-                "shared memory is off on this daemon: start it with --shm-size (or a unix socket), or use Put/Get"
+                "shared memory is off on this daemon: start it with --shm-size (or a unix socket); "
+                "use Put/Get"
             )
         self.leases.sweep()
         return self.data._caller(context)
@@ -162,7 +163,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         checked = []
         for h in request.chunks:
             if h.codec != pb.CODEC_NONE:
-                raise InvalidArgument("shared-memory puts carry raw bytes: codec must be CODEC_NONE (use Put)")
+                raise InvalidArgument("shared-memory puts carry raw bytes: codec must be CODEC_NONE; use Put")
             checked.append((h, *self.data.check_header(caller, h)))
         pending = [_Pending(key, layout, h, self._slot(h.raw_length)) for h, key, layout in checked]
         slots = []
@@ -187,19 +188,19 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 "nothing was stored: put the chunks again"
             )
         if len(request.checksums) != len(lease.pending):
-            raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} reserved slots")
-        todo = [(p, c) for p, c in zip(lease.pending, request.checksums) if p.view is not None]
+            raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} slots")
+        todo = [(p, c) for p, c in zip(lease.pending, request.checksums, strict=True) if p.view is not None]
         views = [p.view for p, _ in todo]
         if sum(len(v) for v in views) > THREAD_BYTES:
             sums = await asyncio.to_thread(lambda: [checksum(v) for v in views])
         else:
             sums = [checksum(v) for v in views]
-        for (p, want), got in zip(todo, sums):
+        for (p, want), got in zip(todo, sums, strict=True):
             if got != want:
                 self.metrics.rejected.labels("checksum").inc()
                 raise DataLoss(
-                    f"chunk {p.key.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the checksum "
-                    "given at commit; nothing of this lease was stored"
+                    f"chunk {p.key.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
+                    "checksum given at commit; nothing of this lease was stored"
                 )
         results = []
         for p, want in todo:
