@@ -42,7 +42,7 @@ class Policies:
             try:
                 raw = json.loads(path.read_text())
                 self._by_ns = {ns: NamespacePolicy(**v) for ns, v in raw.items()}
-            except (OSError, ValueError, TypeError) as exc:
+            except (OSError, ValueError, TypeError, AttributeError) as exc:  # AttributeError: not an object
                 log.warning("cannot read namespace policies %s, starting without: %s", path, exc)
 
     def get(self, namespace: str) -> NamespacePolicy:

@@ -117,7 +117,7 @@ class Usage:
             self.since = doc.get("since", self.since)
             self.counters = {(r["namespace"], r["model"]): Counters(**r["counters"]) for r in doc.get("rows", [])}
             self._labelled = [p for p in self.counters][: self.max_label_pairs]
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # not a JSON object
             log.warning("cannot read usage counters %s, starting from zero: %s", self.path, exc)
 
     def save(self) -> None:
