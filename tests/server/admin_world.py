@@ -19,7 +19,7 @@ from kvbucket.server.clock import Clock
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.owner import CacheOwner
 from kvbucket.server.store import TieredStore
-from kvbucket.server.tiers.base import EntryMeta
+from kvbucket.server.tiers.base import EntryMeta, Tier
 from kvbucket.server.tiers.memory import MemoryTier
 from kvbucket.server.tiers.rocks import RocksTier
 
@@ -46,15 +46,21 @@ def meta_for(k: EntryKey, rec: Record, **kw) -> EntryMeta:
 
 
 class World:
-    def __init__(self, root: Path, ram_bytes: int = 64 * CHUNK, nvme_bytes: int = 0, **owner_kw) -> None:
+    def __init__(self, root: Path, ram_bytes: int = 64 * CHUNK, nvme_bytes: int = 0, s3: Tier | None = None,
+                 clock: Clock | None = None, **owner_kw) -> None:
+        """`s3`: an S3Tier (not yet opened) to put below NVMe; `clock`: share one between worlds."""
         self.root = root
-        self.clock = Clock(base=lambda: T0)
+        self.clock = clock or Clock(base=lambda: T0)
         self.ram = MemoryTier(ram_bytes, policy="lru", clock=self.clock)
         self.nvme = RocksTier(root / "nvme", nvme_bytes, clock=self.clock)
-        self.store = TieredStore([self.ram, self.nvme], Metrics(), clock=self.clock)
+        self.s3 = s3
+        tiers = [self.ram, self.nvme] + ([s3] if s3 is not None else [])
+        self.store = TieredStore(tiers, Metrics(), clock=self.clock)
         self.owner = CacheOwner(self.store, self.clock, root / "data", **owner_kw)
 
     async def start(self) -> World:
+        if self.s3 is not None:
+            await self.s3.open()
         await self.store.start()
         return self
 
