@@ -187,25 +187,34 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 f"put lease {request.lease} is unknown or expired (lease_seconds {self.leases.seconds}); "
                 "nothing was stored: put the chunks again"
             )
-        if len(request.checksums) != len(lease.pending):
-            raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} slots")
-        todo = [(p, c) for p, c in zip(lease.pending, request.checksums, strict=True) if p.view is not None]
-        views = [p.view for p, _ in todo]
-        if sum(len(v) for v in views) > THREAD_BYTES:
-            sums = await asyncio.to_thread(lambda: [checksum(v) for v in views])
+        try:
+            if len(request.checksums) != len(lease.pending):
+                raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} slots")
+            return await self._commit(lease.pending, request.checksums)
+        finally:
+            for p in lease.pending:  # slots not stored go back now, not when a traceback is collected
+                p.view = None
+
+    async def _commit(self, pending: list[_Pending], checksums) -> pb.ShmCommitResponse:
+        todo = [(p, c) for p, c in zip(pending, checksums, strict=True) if p.view is not None]
+        if sum(len(p.view) for p, _ in todo) > THREAD_BYTES:
+            sums = await asyncio.to_thread(lambda: [checksum(p.view) for p, _ in todo])
         else:
-            sums = [checksum(v) for v in views]
-        for (p, want), got in zip(todo, sums, strict=True):
-            if got != want:
-                self.metrics.rejected.labels("checksum").inc()
-                raise DataLoss(
-                    f"chunk {p.key.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
-                    "checksum given at commit; nothing of this lease was stored"
-                )
+            sums = [checksum(p.view) for p, _ in todo]
+        bad = next((p.key for (p, want), got in zip(todo, sums, strict=True) if got != want), None)
+        if bad is not None:
+            self.metrics.rejected.labels("checksum").inc()
+            raise DataLoss(
+                f"chunk {bad.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
+                "checksum given at commit; nothing of this lease was stored"
+            )
         results = []
         for p, want in todo:
-            await self.store.put(p.key, *raw_entry(p.key, p.layout, p.header, memoryview(p.view), want))
-            self.metrics.bytes.labels("in").inc(len(p.view))
+            n = len(p.view)
+            record, meta = raw_entry(p.key, p.layout, p.header, memoryview(p.view), want)
+            p.view = None  # the record holds the slot now
+            await self.store.put(p.key, record, meta)
+            self.metrics.bytes.labels("in").inc(n)
             results.append(pb.ChunkResult(hash=p.header.hash, stored=True))
         return pb.ShmCommitResponse(results=results)
 

@@ -1,0 +1,288 @@
+"""The same-host shared-memory data plane against real daemons (subprocesses): SDK and raw RPCs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from kvbucket import Client, Layout
+from kvbucket.clients.sdk import AsyncClient
+from kvbucket.core.record import checksum
+from kvbucket.proto import store_pb2 as pb
+from kvbucket.proto import store_pb2_grpc
+
+from daemon import start_daemon
+
+LAYOUT = Layout("bfloat16", (2, 2, 256, 8, 128), tokens_per_chunk=256)  # 2 MiB chunks
+CHUNK = LAYOUT.chunk_bytes
+CLOCK = {"KVBUCKET_ADMIN__DEBUG_CLOCK": "true"}
+LEASE = 5.0  # seconds of the daemon's (advanceable) clock
+
+
+def chunk(i: int) -> bytes:
+    return np.random.default_rng(i).integers(0, 256, CHUNK, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture
+def shm_daemon(tmp_path):
+    sock = tmp_path / "kv.sock"
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(sock), "--shm-size", "32MiB",
+                     "--shm-lease-seconds", str(LEASE), "--ram-capacity", "64MiB", "--ram-policy", "lru",
+                     env=CLOCK)
+    yield d
+    d.stop()
+
+
+def unix_url(d) -> str:
+    return d.info["unix_url"]
+
+
+def unix_target(d) -> str:
+    return "unix:" + d.info["unix_url"].removeprefix("kvbucket+unix://")
+
+
+class Raw:
+    """Raw KVBucketShm RPCs and this process's own mapping of the arena."""
+
+    def __init__(self, d) -> None:
+        self.channel = grpc.insecure_channel(unix_target(d))
+        self.stub = store_pb2_grpc.KVBucketShmStub(self.channel)
+        self.attach = self.stub.ShmAttach(pb.ShmAttachRequest())
+        fd = os.open(self.attach.path, os.O_RDWR)
+        self.mm = mmap.mmap(fd, self.attach.size)
+        os.close(fd)
+        self.scope = pb.Scope(model="m", layout=pb.Layout(dtype=LAYOUT.dtype, shape=LAYOUT.shape,
+                                                          tokens_per_chunk=LAYOUT.tokens_per_chunk))
+
+    def header(self, h: bytes, **kw) -> pb.ChunkHeader:
+        return pb.ChunkHeader(scope=self.scope, hash=h, raw_length=CHUNK, payload_length=CHUNK,
+                              dtype=LAYOUT.dtype, shape=LAYOUT.shape, **kw)
+
+    def stats(self) -> pb.ShmStats:
+        return self.stub.ShmAttach(pb.ShmAttachRequest()).stats  # every shm call sweeps expired leases
+
+    def reserve(self, h: bytes) -> pb.ShmReserveResponse:
+        return self.stub.ShmReserve(pb.ShmReserveRequest(chunks=[self.header(h)]))
+
+    def close(self) -> None:
+        self.mm.close()
+        self.channel.close()
+
+
+@pytest.fixture
+def raw(shm_daemon):
+    r = Raw(shm_daemon)
+    yield r
+    r.close()
+
+
+def metric(d, name: str) -> float:
+    text = urllib.request.urlopen(d.metrics_url).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {,":  # a name, or a name and leading labels
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
+    data = [chunk(i) for i in range(4)]
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put_many([(b"k%d" % i, d) for i, d in enumerate(data)]) == [True] * 4
+        assert c.put(b"np", np.frombuffer(data[0], dtype=np.uint8))
+        got = c.get_many([b"k0", b"missing", b"k3"])
+        assert bytes(got[0]) == data[0] and got[1] is None and bytes(got[2]) == data[3]
+        out = bytearray(CHUNK)
+        assert c.get_into(b"k2", out) and out == data[2]
+        assert bytes(c.get(b"np")) == data[0]
+        assert c.shm_region() is not None
+    assert metric(shm_daemon, "kvbucket_shm_slots") == 5  # five entries live in the arena
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 0
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="get"') == 0
+    assert metric(shm_daemon, "kvbucket_shm_leases") == 0
+
+
+def test_entry_put_over_grpc_is_served_through_shm(shm_daemon):
+    with Client(shm_daemon.url, model="m", layout=LAYOUT) as tcp, \
+            Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert tcp.put(b"g", chunk(7))
+        assert bytes(c.get(b"g")) == chunk(7)
+    assert metric(shm_daemon, "kvbucket_shm_copied_in_total") == 1
+    assert metric(shm_daemon, "kvbucket_shm_slots") == 0  # the temporary copy went with the lease
+
+
+def test_many_concurrent_clients(shm_daemon):
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+                for i in range(3):
+                    key = b"w%d-%d" % (w, i)
+                    assert c.put(key, chunk(100 * w + i))
+                    assert bytes(c.get(key)) == chunk(100 * w + i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+    async def async_clients() -> None:
+        async def one(w: int) -> None:
+            async with AsyncClient(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+                assert await c.put(b"a%d" % w, chunk(w))
+                assert bytes(await c.get(b"a%d" % w)) == chunk(w)
+
+        await asyncio.gather(*(one(w) for w in range(4)))
+
+    asyncio.run(async_clients())
+    assert metric(shm_daemon, "kvbucket_shm_leases") == 0
+
+
+CRASH = """
+import mmap, os, sys, grpc
+from kvbucket.proto import store_pb2 as pb, store_pb2_grpc
+stub = store_pb2_grpc.KVBucketShmStub(grpc.insecure_channel(sys.argv[1]))
+a = stub.ShmAttach(pb.ShmAttachRequest())
+fd = os.open(a.path, os.O_RDWR); mm = mmap.mmap(fd, a.size)
+layout = pb.Layout(dtype="bfloat16", shape=[2, 2, 256, 8, 128], tokens_per_chunk=256)
+scope = pb.Scope(model="m", layout=layout)
+n = 2 * 2 * 2 * 256 * 8 * 128
+if sys.argv[2] == "put":
+    r = stub.ShmReserve(pb.ShmReserveRequest(chunks=[pb.ChunkHeader(scope=scope, hash=b"crash", raw_length=n,
+        payload_length=n, dtype="bfloat16", shape=[2, 2, 256, 8, 128])]))
+    mm[r.slots[0].offset : r.slots[0].offset + n // 2] = b"x" * (n // 2)
+    print(r.slots[0].offset, flush=True)
+else:
+    r = stub.ShmGet(pb.ShmGetRequest(scope=scope, hashes=[sys.argv[3].encode()]))
+    print(r.chunks[0].offset, flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def crash_client(d, *args: str) -> int:
+    cmd = [sys.executable, "-c", CRASH, unix_target(d), *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == -9, p.stderr
+    return int(p.stdout.split()[0])
+
+
+def test_client_killed_mid_put_leaks_nothing_after_lease_expiry(shm_daemon, raw):
+    offset = crash_client(shm_daemon, "put")
+    s = raw.stats()
+    assert (s.slots, s.leases, s.used_bytes) == (1, 1, CHUNK)  # the reservation is still held
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        c.advance_clock(LEASE + 1)
+        s = raw.stats()
+        assert (s.slots, s.leases, s.used_bytes, s.expired_leases) == (0, 0, 0, 1)
+        assert c.exists([b"crash"]) == [False]  # nothing half-written became visible
+        r = raw.reserve(b"again")
+        assert r.slots[0].offset == offset  # the slot is reused
+        raw.stub.ShmRelease(pb.ShmReleaseRequest(lease=r.lease))
+
+
+def test_client_killed_mid_get_holds_its_slot_until_expiry(shm_daemon, raw):
+    data = chunk(1)
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put(b"held", data)
+        offset = crash_client(shm_daemon, "get", "held")
+        assert c.delete([b"held"]) == 1
+        s = raw.stats()
+        assert (s.slots, s.leases) == (1, 1)  # deleted, but the dead reader's lease keeps the slot
+        r = raw.reserve(b"other")
+        assert r.slots[0].offset != offset  # never reused under a reader
+        assert raw.mm[offset : offset + CHUNK] == data
+        raw.stub.ShmRelease(pb.ShmReleaseRequest(lease=r.lease))
+        c.advance_clock(LEASE + 1)
+        s = raw.stats()
+        assert (s.slots, s.leases, s.used_bytes) == (0, 0, 0)
+        r = raw.reserve(b"third")
+        assert r.slots[0].offset == offset
+
+
+def test_slot_under_a_read_lease_survives_eviction(shm_daemon, raw):
+    """The arena holds 16 chunks: filling it evicts arena entries, but not the slot a reader holds."""
+    data = chunk(5)
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put(b"first", data)
+        g = raw.stub.ShmGet(pb.ShmGetRequest(scope=raw.scope, hashes=[b"first"]))
+        offset = g.chunks[0].offset
+        for i in range(40):  # 2.5x the arena: "first" is evicted on the way
+            assert c.put(b"fill%d" % i, chunk(1000 + i))
+        assert c.exists([b"first"]) == [False]
+        assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') > 0
+        assert raw.mm[offset : offset + CHUNK] == data  # not overwritten while the lease is held
+        assert raw.stub.ShmRelease(pb.ShmReleaseRequest(lease=g.lease)).released
+        assert c.put(b"after", chunk(2)) and bytes(c.get(b"after")) == chunk(2)
+        assert bytes(c.get(b"fill39")) == chunk(1039)
+
+
+def test_checksum_mismatch_on_commit_is_data_loss_and_stores_nothing(shm_daemon, raw):
+    r = raw.reserve(b"bad")
+    off = r.slots[0].offset
+    data = chunk(3)
+    raw.mm[off : off + CHUNK] = data
+    with pytest.raises(grpc.RpcError) as exc:
+        raw.stub.ShmCommit(pb.ShmCommitRequest(lease=r.lease, checksums=[checksum(data) ^ 1]))
+    assert exc.value.code() == grpc.StatusCode.DATA_LOSS
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.exists([b"bad"]) == [False]
+    s = raw.stats()
+    assert (s.slots, s.leases) == (0, 0)
+    with pytest.raises(grpc.RpcError) as exc:  # the lease is gone with the failed commit
+        raw.stub.ShmCommit(pb.ShmCommitRequest(lease=r.lease, checksums=[checksum(data)]))
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_bad_input_statuses_match_put(raw):
+    cases = [
+        raw.header(b"x", codec=pb.CODEC_LZ4),  # shm carries raw bytes
+        pb.ChunkHeader(scope=raw.scope, hash=b"x", raw_length=CHUNK, payload_length=CHUNK, dtype="float16",
+                       shape=LAYOUT.shape),  # dtype differs from the layout
+        pb.ChunkHeader(scope=raw.scope, hash=b"", raw_length=CHUNK, payload_length=CHUNK, dtype=LAYOUT.dtype,
+                       shape=LAYOUT.shape),  # empty hash
+    ]
+    for h in cases:
+        with pytest.raises(grpc.RpcError) as exc:
+            raw.stub.ShmReserve(pb.ShmReserveRequest(chunks=[h]))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, h
+    r = raw.reserve(b"y")
+    with pytest.raises(grpc.RpcError) as exc:
+        raw.stub.ShmCommit(pb.ShmCommitRequest(lease=r.lease, checksums=[]))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not raw.stub.ShmRelease(pb.ShmReleaseRequest(lease=12345)).released
+
+
+def test_fallback_to_grpc_when_the_daemon_has_no_arena(daemon, caplog):
+    caplog.set_level(logging.WARNING, logger="kvbucket.clients.shm")
+    with Client(daemon.url, model="m", layout=LAYOUT, shm=True) as c:
+        assert c.put(b"f", chunk(4))
+        assert bytes(c.get(b"f")) == chunk(4)
+        assert c.put(b"g", chunk(5))
+        assert c.shm_region() is None
+    warnings = [r for r in caplog.records if "shared-memory data plane unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "FAILED_PRECONDITION" in warnings[0].getMessage()
+
+
+def test_fallback_to_grpc_when_the_arena_file_cannot_be_opened(shm_daemon, caplog):
+    caplog.set_level(logging.WARNING, logger="kvbucket.clients.shm")
+    Path(shm_daemon.info["shm"]).unlink()  # as if on another host: the name opens nothing here
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put(b"f", chunk(4))
+        assert bytes(c.get(b"f")) == chunk(4)
+    assert any("cannot map" in r.getMessage() for r in caplog.records)
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 1

@@ -1,0 +1,86 @@
+"""server/arena.py: the first-fit allocator, and slots that return when their last reference goes."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvbucket.core.codecs import Codec
+from kvbucket.core.record import Record, RecordHeader
+from kvbucket.server.arena import PAGE, Arena, Extents
+
+
+def test_first_fit_splits_and_coalesces_both_sides():
+    e = Extents(0, 10 * PAGE)
+    a, b, c, d = e.alloc(PAGE), e.alloc(2 * PAGE), e.alloc(PAGE), e.alloc(PAGE)
+    assert (a, b, c, d) == (0, PAGE, 3 * PAGE, 4 * PAGE)
+    e.free(a)
+    e.free(c)
+    assert e.alloc(3 * PAGE) == 5 * PAGE  # neither one-page hole fits: first fit past them
+    e.free(b)  # merges with a and c: one hole of 4 pages at 0
+    assert e.largest_free == 4 * PAGE
+    assert e.alloc(4 * PAGE) == 0
+
+
+def test_sizes_round_up_to_pages_and_full_is_none():
+    e = Extents(0, 2 * PAGE)
+    assert e.alloc(1) == 0 and e.alloc(PAGE + 1) is None and e.alloc(PAGE) == PAGE
+    assert e.alloc(1) is None
+    with pytest.raises(KeyError):
+        e.free(123)  # never allocated
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5)), max_size=60))
+def test_random_alloc_free_never_overlaps_and_frees_everything(ops):
+    e = Extents(0, 32 * PAGE)
+    live: dict[int, int] = {}
+    for do_alloc, pages in ops:
+        if do_alloc or not live:
+            off = e.alloc(pages * PAGE)
+            if off is not None:
+                assert all(off + pages * PAGE <= o or o + n <= off for o, n in live.items())
+                live[off] = pages * PAGE
+        else:
+            e.free(live.popitem()[0])
+    for off in list(live):
+        e.free(off)
+    assert e.used_bytes == 0 and e.largest_free == 32 * PAGE
+
+
+@pytest.fixture
+def arena(tmp_path):
+    a = Arena(8 * PAGE, tmp_path)
+    yield a
+    a.close()
+
+
+def test_a_slot_returns_when_its_last_view_goes(arena):
+    view = arena.slot(3 * PAGE)
+    off = arena.offset_of(view)
+    assert off == PAGE  # the first page holds the header
+    rec = Record(RecordHeader(Codec.NONE, "uint8", (3 * PAGE,), 3 * PAGE, 3 * PAGE, 0, 1), memoryview(view))
+    del view
+    assert arena.stats().slots == 1  # the record's memoryview still holds it
+    assert arena.offset_of(rec.payload) == off
+    del rec
+    assert arena.stats().slots == 0 and arena.stats().used_bytes == 0
+
+
+def test_full_arena_gives_none_and_foreign_buffers_are_not_slots(arena):
+    views = [arena.slot(2 * PAGE) for _ in range(4)]
+    assert arena.slot(1) is None
+    assert arena.offset_of(memoryview(bytearray(10))) is None
+    assert arena.offset_of(np.zeros(4, np.uint8)) is None
+    del views
+    gc.collect()
+    assert arena.slot(8 * PAGE) is not None
+
+
+def test_the_file_carries_magic_and_nonce(arena):
+    head = arena.path.read_bytes()[:16]
+    assert head[:8] == b"KVBSHM01" and int.from_bytes(head[8:], "little") == arena.nonce
