@@ -40,7 +40,10 @@ class ShmPlane:
     def __init__(self, attach: pb.ShmAttachResponse) -> None:
         fd = os.open(attach.path, os.O_RDWR)
         try:
-            self._mm = mmap.mmap(fd, attach.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            # Populated at attach: a first touch of each 4 KiB page would cost ~4x the copy (measured
+            # here: 22-30 ms to write 32 MiB of fresh mapping vs 5 ms populated); once, ~0.2-0.5 s per GiB.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._mm = mmap.mmap(fd, attach.size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
         magic, nonce = _HEADER.unpack_from(self._mm, 0)

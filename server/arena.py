@@ -118,7 +118,8 @@ class Arena:
                 os.posix_fallocate(fd, 0, total)
             else:
                 os.ftruncate(fd, total)
-            self._mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            populate = getattr(mmap, "MAP_POPULATE", 0) if reserve else 0  # no page faults on the data path
+            self._mm = mmap.mmap(fd, total, mmap.MAP_SHARED | populate, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             self.path.unlink(missing_ok=True)
