@@ -5,6 +5,7 @@
     kvbucket ls | inspect | evict | reset | ttl | pin | unpin | quota | capacity | drain | usage
                                           (clients/cli_admin.py; see `kvbucket COMMAND --help`)
     kvbucket put FILE [--key NAME]        kvbucket get HASH --shape N -o FILE
+    kvbucket bench [--chunk-mib 32] [--count 8] [--json]   (clients/cli_bench.py)
 """
 
 from __future__ import annotations
@@ -201,8 +202,10 @@ def get(
 
 
 from kvbucket.clients.cli_admin import register as _register_admin  # noqa: E402
+from kvbucket.clients.cli_bench import register as _register_bench  # noqa: E402
 
 _register_admin(app)
+_register_bench(app)
 
 
 def main() -> None:
