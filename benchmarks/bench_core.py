@@ -4,7 +4,10 @@ One run, same payloads for every system:
   - kvbucket daemon (`kvbucket serve`, RAM tier) over loopback TCP through the SDK `Client`;
   - LMCache's server (`python -m lmcache.v1.server 127.0.0.1 PORT cpu`) through LMCache's own
     connector (`CreateConnector("lm://...")` with a CPU `LocalCPUBackend`), what an LMCache user runs;
-  - memcpy into a warm buffer and Python loopback TCP (sendall / recv_into, 4 MiB) as ceilings.
+  - memcpy into a warm buffer and Python loopback TCP (sendall / recv_into, 4 MiB) as ceilings;
+  - the same daemon through its unix socket: `kvbucket unix-socket gRPC` (Client(..., shm=False)) and
+    `kvbucket shm` (the shared-memory arena, `--shm-size`), plus, for 2 MiB chunks, shm with 16 chunks
+    per put_many / get_many call.
 
 Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
 Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
@@ -206,12 +209,15 @@ def kv_hashes(tag: str, n: int) -> list[bytes]:
 
 
 class KVSide:
-    """kvbucket through the SDK's blocking Client over loopback TCP."""
+    """kvbucket through the SDK's blocking Client: loopback TCP, or the unix socket with or without shm."""
 
-    def __init__(self, url: str, server: psutil.Process, shape: tuple[int, ...], frame: int, n: int) -> None:
+    def __init__(self, url: str, server: psutil.Process, shape: tuple[int, ...], frame: int, n: int,
+                 shm: bool = False) -> None:
         self.server = server
         layout = Layout("bfloat16", shape, tokens_per_chunk=shape[2])
-        self.kv = Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame)
+        self.kv = Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame, shm=shm)
+        if shm and self.kv.shm_region() is None:
+            raise RuntimeError("the shm client did not attach to the daemon's arena")
         chunk = 2 * int(np.prod(shape))
         self.outs = [bytearray(chunk) for _ in range(n)]  # warm receive buffers for get_into
         for o in self.outs:
@@ -242,6 +248,31 @@ class KVSide:
                 if not self.kv.get_into(h, o):
                     raise RuntimeError("kvbucket missed a chunk it stored")
                 m.item(t0, len(o))
+        for i, (o, p) in enumerate(zip(self.outs, payloads)):
+            if o != memoryview(p).cast("B"):
+                raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
+        return m
+
+    def put_many_pass(self, tag: str, payloads: list[np.ndarray], batch: int) -> Meter:
+        """`batch` chunks per put_many call; per-item latency is the call's time (one sample per call)."""
+        hashes = kv_hashes(tag, len(payloads))
+        with Meter(self.server) as m:
+            for i in range(0, len(payloads), batch):
+                t0 = time.perf_counter()
+                if not all(self.kv.put_many(list(zip(hashes[i : i + batch], payloads[i : i + batch])))):
+                    raise RuntimeError("kvbucket refused a put")
+                m.item(t0, sum(p.nbytes for p in payloads[i : i + batch]))
+        return m
+
+    def get_many_into_pass(self, tag: str, payloads: list[np.ndarray], batch: int) -> Meter:
+        hashes = kv_hashes(tag, len(payloads))
+        with Meter(self.server) as m:
+            for i in range(0, len(payloads), batch):
+                t0 = time.perf_counter()
+                got = self.kv.get_many(hashes[i : i + batch], out=self.outs[i : i + batch])
+                if any(g is None for g in got):
+                    raise RuntimeError("kvbucket missed a chunk it stored")
+                m.item(t0, sum(len(o) for o in self.outs[i : i + batch]))
         for i, (o, p) in enumerate(zip(self.outs, payloads)):
             if o != memoryview(p).cast("B"):
                 raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
@@ -361,11 +392,21 @@ class LMCacheSide:
         self.loop.close()
 
 
+SHM = "kvbucket shm"
+BATCH = 16
+UNIX = "kvbucket unix-socket gRPC"
+
+
 def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_url: str, kv_server: psutil.Process,
-            lm: LMCacheSide | None, frame: int, rounds: int, deadline: float) -> tuple[list[Row], list[Latency]]:
+            lm: LMCacheSide | None, frame: int, rounds: int, deadline: float,
+            unix_url: str | None = None) -> tuple[list[Row], list[Latency]]:
     chunk = payloads[0].nbytes
     limits = Limits(chunk)
     kv = KVSide(kv_url, kv_server, shape, frame, len(payloads))
+    same_host = {}
+    if unix_url:
+        same_host[SHM] = KVSide(unix_url, kv_server, shape, frame, len(payloads), shm=True)
+        same_host[UNIX] = KVSide(unix_url, kv_server, shape, frame, len(payloads), shm=False)
     if lm is not None:
         lm.load(payloads, shape)
     passes: dict[tuple[str, str], list[Meter]] = {}
@@ -388,6 +429,14 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         record("kvbucket", "GET into", kv.get_into_pass(tag, payloads))
         if lm is not None:
             record("lmcache", "GET", lm.get_pass(tag, payloads))
+        for name, side in same_host.items():
+            stag = f"{tag}-{name.split()[1]}"
+            record(name, "PUT", side.put_pass(stag, payloads))
+            record(name, "GET", side.get_pass(stag, len(payloads)))
+            record(name, "GET into", side.get_into_pass(stag, payloads))
+            if name == SHM and len(payloads) >= 64:  # small chunks: the per-call cost, amortized
+                record(name, f"PUT x{BATCH}", side.put_many_pass(f"{stag}-b", payloads, BATCH))
+                record(name, f"GET into x{BATCH}", side.get_many_into_pass(f"{stag}-b", payloads, BATCH))
     notes = {
         ("limit", "memcpy"): "warm destination",
         ("limit", "tcp loopback"): "4 MiB sendall/recv_into, both ends in this process",
@@ -395,6 +444,8 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         ("kvbucket", "GET into"): "warm caller buffer",
         ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
         ("lmcache", "GET"): "into LMCache's allocator",
+        (SHM, f"PUT x{BATCH}"): f"put_many of {BATCH}; p50/p99 per call",
+        (SHM, f"GET into x{BATCH}"): f"get_many of {BATCH} into warm buffers; p50/p99 per call",
     }
     rows = [summarize(system, op, chunk, ms, notes.get((system, op), "")) for (system, op), ms in passes.items()]
     lookups = []
@@ -403,6 +454,8 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         if lm is not None:
             lookups.append(lm.prefix_check(f"{label}-r0"))
     kv.close()
+    for side in same_host.values():
+        side.close()
     limits.close()
     if lm is not None:
         lm.release()
@@ -437,10 +490,10 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def print_report(rows: list[Row], lookups: list[Latency], ratios: dict) -> None:
-    print(f"\n{'system':9} {'op':13} {'chunk':>7} {'n':>4} {'GB/s':>6} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"\n{'system':25} {'op':15} {'chunk':>7} {'n':>4} {'GB/s':>6} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'CPU s/GB':>9} {'client':>7} {'server':>7}  note")
     for r in rows:
-        print(f"{r.system:9} {r.op:13} {r.chunk_mib:>5.0f}Mi {r.chunks:>4} {r.gbps:>6.2f} {r.p50_ms:>8.2f} "
+        print(f"{r.system:25} {r.op:15} {r.chunk_mib:>5.0f}Mi {r.chunks:>4} {r.gbps:>6.2f} {r.p50_ms:>8.2f} "
               f"{r.p99_ms:>8.2f} {fmt(r.cpu_s_per_gb, '9.2f')} {fmt(r.client_cpu_s_per_gb, '7.2f')} "
               f"{fmt(r.server_cpu_s_per_gb, '7.2f')}  {r.note}")
     print(f"\n{'system':9} {'lookup':16} {'keys':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  note")
@@ -449,6 +502,19 @@ def print_report(rows: list[Row], lookups: list[Latency], ratios: dict) -> None:
     print("\nkvbucket / LMCache, same run:  throughput (GB/s ratio; target PUT >= 3x, GET >= 1x) and CPU per GB")
     for k, (g, c) in ratios.items():
         print(f"  {k:18} {g:5.2f}x throughput   {c:5.2f}x CPU s/GB")
+    print("\nkvbucket shm / memcpy, same run (goal >= 0.50):")
+    for k, g in shm_vs_memcpy(rows).items():
+        print(f"  {k:22} {g:5.2f}x")
+
+
+def shm_vs_memcpy(rows: list[Row]) -> dict[str, float]:
+    by = {(r.system, r.op, r.chunk_mib): r for r in rows}
+    out = {}
+    for (system, op, mib), r in by.items():
+        base = by.get(("limit", "memcpy", mib))
+        if system == SHM and base:
+            out[f"{op} {mib:.0f} MiB"] = r.gbps / base.gbps
+    return out
 
 
 def compute_ratios(rows: list[Row]) -> dict[str, tuple[float, float]]:
@@ -470,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", type=int, default=None, help="kvbucket frame bytes (default: the SDK's)")
     ap.add_argument("--max-seconds", type=float, default=180, help="stop adding rounds after this (default 180)")
     ap.add_argument("--skip-lmcache", action="store_true")
+    ap.add_argument("--shm-size", default="4GiB", help="the daemon's shared-memory arena (default 4GiB)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
 
@@ -492,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     frame = args.frame or wire.DEFAULT_FRAME
     daemons = _load_daemon_helpers()
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
-        d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB")
+        sock = Path(tmp) / "kv.sock"
+        d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB", "--unix-socket", str(sock),
+                                 "--shm-size", args.shm_size)
         lm_proc = lm = None
         try:
             if not args.skip_lmcache:
@@ -502,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, payloads in sets.items():
                 shape = BIG_SHAPE if label == "32MiB" else SMALL_SHAPE
                 r, lk = run_set(label, payloads, shape, d.url, psutil.Process(d.proc.pid), lm, frame, args.rounds,
-                                deadline)
+                                deadline, unix_url=d.info["unix_url"])
                 rows += r
                 lookups += lk
         finally:
@@ -514,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             d.stop()
 
     order = {("limit", "memcpy"): 0, ("limit", "tcp loopback"): 1, ("kvbucket", "PUT"): 2, ("kvbucket", "GET"): 3,
-             ("kvbucket", "GET into"): 4, ("lmcache", "PUT"): 5, ("lmcache", "GET"): 6}
+             ("kvbucket", "GET into"): 4, ("lmcache", "PUT"): 5, ("lmcache", "GET"): 6,
+             (UNIX, "PUT"): 7, (UNIX, "GET"): 8, (UNIX, "GET into"): 9,
+             (SHM, "PUT"): 10, (SHM, "GET"): 11, (SHM, "GET into"): 12,
+             (SHM, f"PUT x{BATCH}"): 13, (SHM, f"GET into x{BATCH}"): 14}
     rows.sort(key=lambda r: (-r.chunk_mib, order[(r.system, r.op)]))
     ratios = compute_ratios(rows)
     print_report(rows, lookups, ratios)
@@ -529,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(
             {"meta": meta, "rows": [asdict(r) for r in rows], "lookups": [asdict(x) for x in lookups],
-             "ratios": ratios}, indent=2))
+             "ratios": ratios, "shm_vs_memcpy": shm_vs_memcpy(rows)}, indent=2))
     return 0
 
 

@@ -144,6 +144,8 @@ class Arena:
         arr = payload.obj if type(payload) is memoryview else payload
         if type(arr) is not np.ndarray or type(arr.base) is not memoryview or arr.base.obj is not self._mm:
             return None  # np.frombuffer's base is a memoryview of the mapping
+        if type(payload) is memoryview and payload.nbytes != arr.nbytes:
+            return None  # a part of a slot: not a slot of its own
         return arr.__array_interface__["data"][0] - self._base
 
     def stats(self) -> ArenaStats:
