@@ -39,7 +39,7 @@ LAYOUT = Layout("bfloat16", (32, 2, 256, 8, 128), tokens_per_chunk=256)
 
 def chunk_bytes(seed: int, nbytes: int) -> bytes:
     """bf16-like KV: small normal values, as bf16 (the top half of float32)."""
-    f = (np.random.default_rng(seed).standard_normal(nbytes // 2, dtype=np.float32) * 0.05)
+    f = np.random.default_rng(seed).standard_normal(nbytes // 2, dtype=np.float32) * 0.05
     return (f.view(np.uint32) >> 16).astype(np.uint16).tobytes()
 
 
@@ -50,8 +50,17 @@ def key_of(i: int) -> EntryKey:
 def entry(i: int, raw: bytes, layout: Layout = LAYOUT, codec: Codec = Codec.NONE):
     rec = make_record(raw, layout.dtype, layout.shape, layout.tokens_per_chunk, codec)
     h = rec.header
-    meta = EntryMeta(key_of(i), h.tokens, h.raw_length, h.payload_length, h.codec, time.time(), time.time(),
-                     dtype=h.dtype, shape=h.shape)
+    meta = EntryMeta(
+        key_of(i),
+        h.tokens,
+        h.raw_length,
+        h.payload_length,
+        h.codec,
+        time.time(),
+        time.time(),
+        dtype=h.dtype,
+        shape=h.shape,
+    )
     return rec, meta
 
 
@@ -65,11 +74,15 @@ def print_table(title: str, header: tuple, rows: list[tuple]) -> None:
     print(f"\n{title}")
     print("  ".join(f"{h:>14}" if i else f"{h:<34}" for i, h in enumerate(header)))
     for r in rows:
-        print("  ".join(f"{v:>14.3f}" if isinstance(v, float) else (f"{v:>14}" if i else f"{v:<34}")
-                        for i, v in enumerate(r)))
+        print(
+            "  ".join(
+                f"{v:>14.3f}" if isinstance(v, float) else (f"{v:>14}" if i else f"{v:<34}") for i, v in enumerate(r)
+            )
+        )
 
 
 # ---- baselines -----------------------------------------------------------------------------------
+
 
 def bench_memcpy(raws: list[bytes]) -> tuple:
     dst = bytearray(len(raws[0]))
@@ -103,8 +116,9 @@ def bench_rocksdict_raw(path: Path, raws: list[bytes], part: int) -> list[tuple]
         puts.append(time.perf_counter() - t0)
     for i, raw in enumerate(raws):
         t0 = time.perf_counter()
-        got = b"".join(db.get([i.to_bytes(8, "big") + j.to_bytes(8, "big") for j in range(0, len(raw), part)],
-                              read_opt=ro))
+        got = b"".join(
+            db.get([i.to_bytes(8, "big") + j.to_bytes(8, "big") for j in range(0, len(raw), part)], read_opt=ro)
+        )
         gets.append(time.perf_counter() - t0)
         assert len(got) == len(raw)
     db.close()
@@ -131,6 +145,7 @@ def bench_files(path: Path, raws: list[bytes]) -> list[tuple]:
 
 
 # ---- RocksTier ---------------------------------------------------------------------------------
+
 
 async def bench_rocks(path: Path, raws: list[bytes], part: int) -> list[tuple]:
     tier = RocksTier(path, capacity_bytes=1 << 40, part_bytes=part)
@@ -160,10 +175,20 @@ async def bench_rocks(path: Path, raws: list[bytes], part: int) -> list[tuple]:
         verified.append(time.perf_counter() - t0)
     await tier.close()
     n = len(raws[0])
-    rows = [summarize("RocksTier put", puts, n), summarize("RocksTier get (warm)", gets, n),
-            summarize("RocksTier get + checksum", verified, n)]
-    rows.append((f"  put wall incl. flush ({flush_s * 1e3:.0f} ms)", len(raws), n * len(raws) / (wall + flush_s) / 1e9,
-                 0.0, 0.0))
+    rows = [
+        summarize("RocksTier put", puts, n),
+        summarize("RocksTier get (warm)", gets, n),
+        summarize("RocksTier get + checksum", verified, n),
+    ]
+    rows.append(
+        (
+            f"  put wall incl. flush ({flush_s * 1e3:.0f} ms)",
+            len(raws),
+            n * len(raws) / (wall + flush_s) / 1e9,
+            0.0,
+            0.0,
+        )
+    )
     return rows
 
 
@@ -176,7 +201,9 @@ async def bench_restart(path: Path, counts: list[int]) -> list[tuple]:
         tier = RocksTier(path, capacity_bytes=1 << 40)
         t0 = time.perf_counter()
         for start in range(0, count, 256):
-            await asyncio.gather(*(tier.put(key_of(i), *entry(i, raw, small)) for i in range(start, min(count, start + 256))))
+            await asyncio.gather(
+                *(tier.put(key_of(i), *entry(i, raw, small)) for i in range(start, min(count, start + 256)))
+            )
         fill = time.perf_counter() - t0
         await tier.close()
         for attempt in ("1st", "2nd"):  # the 2nd open finds the LSM tree compacted by the 1st session
@@ -184,21 +211,36 @@ async def bench_restart(path: Path, counts: list[int]) -> list[tuple]:
             tier = RocksTier(path, capacity_bytes=1 << 40)
             open_s = time.perf_counter() - t0
             assert tier.stats().entries == count
-            rows.append((f"{count} chunks of 8 KiB, {attempt} open", count, open_s * 1e3,
-                         tier.stats().extra["open_seconds"] * 1e3, count / fill))
+            rows.append(
+                (
+                    f"{count} chunks of 8 KiB, {attempt} open",
+                    count,
+                    open_s * 1e3,
+                    tier.stats().extra["open_seconds"] * 1e3,
+                    count / fill,
+                )
+            )
             await tier.close()
     return rows
 
 
 # ---- S3Tier ------------------------------------------------------------------------------------
 
+
 async def bench_s3(endpoint: str, raws: list[bytes]) -> list[tuple]:
     rows = []
     n = len(raws[0])
     for codec in (None, Codec.ZSTD):
-        tier = await S3Tier(f"bench-{os.getpid()}-{codec}".lower().replace(".", "-"), endpoint_url=endpoint,
-                            access_key="x", secret_key="y", codec=codec, manifest_refresh_s=0, timeout_s=60,
-                            create_bucket=True).open()
+        tier = await S3Tier(
+            f"bench-{os.getpid()}-{codec}".lower().replace(".", "-"),
+            endpoint_url=endpoint,
+            access_key="x",
+            secret_key="y",
+            codec=codec,
+            manifest_refresh_s=0,
+            timeout_s=60,
+            create_bucket=True,
+        ).open()
         puts, gets = [], []
         for i, raw in enumerate(raws):
             rec, meta = entry(i, raw)
@@ -225,8 +267,11 @@ class MotoServer:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -261,8 +306,10 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     raws = [chunk_bytes(i, LAYOUT.chunk_bytes) for i in range(args.chunks)]
-    print(f"chunk: {LAYOUT.dtype} {LAYOUT.shape} = {LAYOUT.chunk_bytes / 2**20:.0f} MiB; "
-          f"{args.chunks} chunks; parts of {args.part_bytes >> 10} KiB; dir {root}")
+    print(
+        f"chunk: {LAYOUT.dtype} {LAYOUT.shape} = {LAYOUT.chunk_bytes / 2**20:.0f} MiB; "
+        f"{args.chunks} chunks; parts of {args.part_bytes >> 10} KiB; dir {root}"
+    )
     header = ("what", "n", "GB/s", "p50 ms", "p99 ms")
     rows = [bench_memcpy(raws)]
     rows += bench_files(root / "files", raws)
@@ -272,8 +319,9 @@ def main() -> None:
 
     counts = [int(c) for c in args.restart_counts.split(",") if c]
     restart = asyncio.run(bench_restart(root / "restart", counts))
-    print_table("NVMe restart: RocksTier(...) after close()", ("what", "entries", "open ms", "index ms", "fill puts/s"),
-                restart)
+    print_table(
+        "NVMe restart: RocksTier(...) after close()", ("what", "entries", "open ms", "index ms", "fill puts/s"), restart
+    )
 
     if args.s3_chunks:
         server = MotoServer()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,18 +21,18 @@ console = Console()
 err = Console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace (default for non-admins: own tenant)")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model")]
 LayoutOpt = Annotated[str, typer.Option("--layout", help="layout fingerprint (16 hex chars)")]
-HashOpt = Annotated[Optional[list[str]], typer.Option("--hash", help="key hash in hex; repeat for a chain")]
+HashOpt = Annotated[list[str] | None, typer.Option("--hash", help="key hash in hex; repeat for a chain")]
 HashPrefixOpt = Annotated[str, typer.Option("--hash-prefix", help="hex prefix of key hashes")]
-TierOpt = Annotated[Optional[list[str]], typer.Option("--tier", help="ram | nvme | s3; repeatable")]
+TierOpt = Annotated[list[str] | None, typer.Option("--tier", help="ram | nvme | s3; repeatable")]
 MinHitsOpt = Annotated[int, typer.Option("--min-hits", help="at least this many hits")]
 IdleOpt = Annotated[float, typer.Option("--idle", help="not read for at least this many seconds")]
-PinnedOpt = Annotated[Optional[bool], typer.Option("--pinned/--unpinned", help="only pinned / unpinned")]
+PinnedOpt = Annotated[bool | None, typer.Option("--pinned/--unpinned", help="only pinned / unpinned")]
 ExpOpt = Annotated[float, typer.Option("--expiring-within", help="expiring within this many seconds")]
 AllOpt = Annotated[bool, typer.Option("--all", help="explicitly everything the other filters allow")]
 DEFAULT_URL = "kvbucket://127.0.0.1:7070"
@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
         return int(TypeAdapter(ByteSize).validate_python(text))
     except ValidationError:
         err.print(f"[red]error:[/red] {text!r} is not a size (e.g. 512MiB, 8GiB, 0)")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _client(url: str, token: str | None):
@@ -99,7 +99,7 @@ def _where(namespace="", model="", layout="", hashes=None, hash_prefix="", tier=
         hp = bytes.fromhex(hash_prefix)
     except ValueError:
         err.print("[red]error:[/red] --hash and --hash-prefix take hex")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     return dict(namespace=namespace, model=model, layout=layout, hashes=hs, hash_prefix=hp, tiers=tier or (),
                 min_hits=min_hits, idle_seconds=idle, pinned=pinned,
                 expires_before=time.time() + expiring_within if expiring_within else 0.0, all=all)
@@ -186,11 +186,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                 found = c.get_entry(namespace or c.scope.namespace, model, h, layout)
         except ValueError:
             err.print(f"[red]error:[/red] {hash_hex!r} is not hex")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KVBucketError as exc:
             if type(exc).__name__ == "NotFound":
                 err.print(f"not found: {exc}")
-                raise typer.Exit(1)
+                raise typer.Exit(1) from None
             _fail(exc)
         if as_json:
             _dump(found)
@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                     ("raw / stored", f"{human(e.raw_bytes)} / {human(e.stored_bytes)}"),
                     ("tiers", ",".join(TIER_NAMES.get(x, "?") for x in e.tiers)), ("hits", str(e.hits)),
                     ("created", _when(e.created, now)), ("last access", _when(e.last_access, now)),
-                    ("expires", _when(e.expires_at, now) + (" (sliding %.0fs)" % e.ttl_seconds
+                    ("expires", _when(e.expires_at, now) + (f" (sliding {e.ttl_seconds:.0f}s)"
                                                              if e.ttl_sliding else "")),
                     ("pinned", ("until " + _when(e.pin_expires_at, now) if e.pin_expires_at else "hard")
                      if e.pinned else "no")]
@@ -215,7 +215,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
               namespace: NsOpt = "", model: ModelOpt = "", layout: LayoutOpt = "", hash: HashOpt = None,
               hash_prefix: HashPrefixOpt = "", tier: TierOpt = None, min_hits: MinHitsOpt = 0,
               idle: IdleOpt = 0.0, all: AllOpt = False,
-              from_tier: Annotated[Optional[list[str]], typer.Option(
+              from_tier: Annotated[list[str] | None, typer.Option(
                   "--from", help="only drop the copies in these tiers (repeatable); default: every tier")] = None,
               dry_run: Annotated[bool, typer.Option("--dry-run", help="count only")] = False) -> None:
         """Remove matching entries (pinned ones stay) and report what was freed."""
@@ -301,7 +301,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
                 n = c.pin(lease_seconds=lease, unpin=unpin, **where)
         except KVBucketError as exc:
             _fail(exc)
-        verb = "unpinned" if unpin else ("pinned for %.0fs" % lease if lease else "hard-pinned")
+        verb = "unpinned" if unpin else (f"pinned for {lease:.0f}s" if lease else "hard-pinned")
         print(json.dumps({"entries": n})) if as_json else console.print(f"{n} entries {verb}")
 
     @app.command()
@@ -320,8 +320,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
         _pin(True, url, token, as_json, 0.0, namespace, model, layout, hash, hash_prefix, tier, all)
 
     @app.command()
-    def quota(namespace: Annotated[Optional[str], typer.Argument(help="namespace (none: list all)")] = None,
-              size: Annotated[Optional[str], typer.Argument(help="new quota, e.g. 10GiB; 0 removes it")] = None,
+    def quota(namespace: Annotated[str | None, typer.Argument(help="namespace (none: list all)")] = None,
+              size: Annotated[str | None, typer.Argument(help="new quota, e.g. 10GiB; 0 removes it")] = None,
               url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
         """Show namespace quotas and use, or set one (admin)."""
         try:
@@ -343,8 +343,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one small function per c
         console.print(t)
 
     @app.command()
-    def capacity(tier: Annotated[Optional[str], typer.Argument(help="ram | nvme")] = None,
-                 size: Annotated[Optional[str], typer.Argument(help="new capacity, e.g. 8GiB")] = None,
+    def capacity(tier: Annotated[str | None, typer.Argument(help="ram | nvme")] = None,
+                 size: Annotated[str | None, typer.Argument(help="new capacity, e.g. 8GiB")] = None,
                  url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
                  yes: YesOpt = False) -> None:
         """Show each tier's capacity, or change one live (admin; a shrink evicts, pinned entries stay)."""

@@ -20,8 +20,8 @@ a row contiguous. Layouts of one layer's cache tensor:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 class PagedLayout(enum.IntEnum):

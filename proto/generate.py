@@ -45,7 +45,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        stale = [f.name for f in fresh if not (HERE / f.name).exists() or not filecmp.cmp(f, HERE / f.name, shallow=False)]
+        stale = [
+            f.name for f in fresh if not (HERE / f.name).exists() or not filecmp.cmp(f, HERE / f.name, shallow=False)
+        ]
         if args.check:
             if stale:
                 print(f"stale generated files: {', '.join(stale)}; run: python proto/generate.py", file=sys.stderr)

@@ -19,10 +19,11 @@ the client's namespace (or the default one) is used as is.
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from kvbucket.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from kvbucket.core.keys import check_name

@@ -23,9 +23,7 @@ class Metrics:
         self.request_seconds = Histogram(
             "kvbucket_server_request_seconds", "RPC latency by op", ["op"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.rejected = Counter(
-            "kvbucket_server_rejected", "Requests refused, by reason", ["reason"], registry=r
-        )
+        self.rejected = Counter("kvbucket_server_rejected", "Requests refused, by reason", ["reason"], registry=r)
         self.bytes = Counter("kvbucket_server_bytes", "Payload bytes moved, by direction", ["direction"], registry=r)
         self.tier_seconds = Histogram(
             "kvbucket_tier_op_seconds", "Tier operation latency", ["tier", "op"], buckets=LATENCY_BUCKETS, registry=r
@@ -37,12 +35,20 @@ class Metrics:
         self.tokens_served = Counter("kvbucket_store_tokens_served", "Tokens in chunks served by Get", registry=r)
         self.evictions = Counter("kvbucket_store_evictions", "Entries evicted, by tier", ["tier"], registry=r)
         self.demotions = Counter("kvbucket_store_demotions", "Entries written to a slower tier", ["tier"], registry=r)
-        self.promotions = Counter("kvbucket_store_promotions", "Entries copied up to a faster tier", ["tier"], registry=r)
+        self.promotions = Counter(
+            "kvbucket_store_promotions", "Entries copied up to a faster tier", ["tier"], registry=r
+        )
         self.corrupt = Counter(
-            "kvbucket_store_corrupt", "Records that failed their checksum (removed, served as a miss)", ["tier"], registry=r
+            "kvbucket_store_corrupt",
+            "Records that failed their checksum (removed, served as a miss)",
+            ["tier"],
+            registry=r,
         )
         self.tier_errors = Counter(
-            "kvbucket_store_tier_errors", "Tier failures degraded to a miss or a dropped write", ["tier", "op"], registry=r
+            "kvbucket_store_tier_errors",
+            "Tier failures degraded to a miss or a dropped write",
+            ["tier", "op"],
+            registry=r,
         )
         self.queue_depth = Gauge("kvbucket_store_queue_depth", "Write-behind queue depth", ["tier"], registry=r)
         self.queue_dropped = Counter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from kvbucket import Layout
+
 from daemon import DaemonProcess, run_cli
 
 LAYOUT = Layout("float32", (4, 64), tokens_per_chunk=16)  # 1 KiB chunks of 16 tokens

@@ -99,7 +99,7 @@ class Tier(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> TierStats: ...
 
-    def touch(self, key: EntryKey, now: float) -> None:
+    def touch(self, key: EntryKey, now: float) -> None:  # noqa: B027 (a no-op is a valid default)
         """Record an access without reading (recency for eviction, last access, hit count)."""
 
     def set_meta(self, key: EntryKey, **changes) -> EntryMeta | None:

@@ -536,7 +536,8 @@ class RocksTier(Tier):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the event loop (tools, tests): write it now
-            self._write(self._batch([(_meta_key(key.to_bytes()), _MetaCodec.encode(slot.meta, slot.length, slot.nparts))]))
+            row = _MetaCodec.encode(slot.meta, slot.length, slot.nparts)
+            self._write(self._batch([(_meta_key(key.to_bytes()), row)]))
             return slot.meta
         task = loop.create_task(self._persist_meta(key, slot))
         self._pending.add(task)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from admin_helpers import CHUNK, LAYOUT, cli, data, h
 
 from kvbucket import Client
-from admin_helpers import CHUNK, LAYOUT, cli, data, h
+
 from daemon import run_cli, start_daemon
 
 

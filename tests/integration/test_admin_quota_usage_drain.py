@@ -6,10 +6,11 @@ import time
 import urllib.request
 
 import pytest
+from admin_helpers import CHUNK, LAYOUT, S3_ENV, cli, data, h, s3_args
 
 from kvbucket import Client
 from kvbucket.core import errors
-from admin_helpers import CHUNK, LAYOUT, S3_ENV, cli, data, h, s3_args
+
 from daemon import start_daemon
 
 
@@ -42,8 +43,11 @@ def test_quota_refuses_with_an_actionable_message_and_persists(tmp_path):
 
 
 def test_usage_matches_a_known_workload_and_survives_restart(tmp_path):
-    env = {"KVBUCKET_ADMIN__DEBUG_CLOCK": "true", "KVBUCKET_ADMIN__PRICE_PER_MILLION_INPUT_TOKENS": "3.0",
-           "KVBUCKET_ADMIN__MAX_LABEL_PAIRS": "2"}
+    env = {
+        "KVBUCKET_ADMIN__DEBUG_CLOCK": "true",
+        "KVBUCKET_ADMIN__PRICE_PER_MILLION_INPUT_TOKENS": "3.0",
+        "KVBUCKET_ADMIN__MAX_LABEL_PAIRS": "2",
+    }
     d = start_daemon(tmp_path, env=env)
     try:
         c = Client(d.url, model="m1", layout=LAYOUT)
@@ -101,7 +105,9 @@ def test_drain_then_a_fresh_daemon_on_an_empty_disk_finds_everything(tmp_path, s
             assert [bytes(x) for x in c.get_many(keys)] == [data(i) for i in range(12)]
     finally:
         b.stop()
-    hyd = start_daemon(tmp_path / "c", *s3_args(s3_server, s3_bucket), env={**env, "KVBUCKET_S3__HYDRATE_ON_START": "5"})
+    hyd = start_daemon(
+        tmp_path / "c", *s3_args(s3_server, s3_bucket), env={**env, "KVBUCKET_S3__HYDRATE_ON_START": "5"}
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(cli(hyd, "ls", "--tier", "ram")) < 5:
@@ -118,10 +124,21 @@ def test_grafana_dashboard_queries_series_the_daemon_exports():
 
     dash = json.loads((Path(__file__).parents[2] / "deploy/grafana/kvbucket.json").read_text())
     names = {n for p in dash["panels"] for t in p["targets"] for n in re.findall(r"kvbucket_[a-z_]+", t["expr"])}
-    exported = {"kvbucket_tier_bytes", "kvbucket_tier_capacity_bytes", "kvbucket_usage_hits_total",
-                "kvbucket_usage_misses_total", "kvbucket_usage_tokens_served_total", "kvbucket_usage_saved_total",
-                "kvbucket_usage_bytes", "kvbucket_usage_token_hours_total", "kvbucket_store_evictions_total",
-                "kvbucket_store_promotions_total", "kvbucket_store_demotions_total",
-                "kvbucket_server_request_seconds_bucket", "kvbucket_server_rejected_total",
-                "kvbucket_store_queue_depth", "kvbucket_store_queue_dropped_total"}
+    exported = {
+        "kvbucket_tier_bytes",
+        "kvbucket_tier_capacity_bytes",
+        "kvbucket_usage_hits_total",
+        "kvbucket_usage_misses_total",
+        "kvbucket_usage_tokens_served_total",
+        "kvbucket_usage_saved_total",
+        "kvbucket_usage_bytes",
+        "kvbucket_usage_token_hours_total",
+        "kvbucket_store_evictions_total",
+        "kvbucket_store_promotions_total",
+        "kvbucket_store_demotions_total",
+        "kvbucket_server_request_seconds_bucket",
+        "kvbucket_server_rejected_total",
+        "kvbucket_store_queue_depth",
+        "kvbucket_store_queue_dropped_total",
+    }
     assert names <= exported, names - exported

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from kvbucket import Client
 from admin_helpers import LAYOUT, S3_ENV, cli, data, h, s3_args
+
+from kvbucket import Client
+
 from daemon import start_daemon
 
 FAST = {**S3_ENV, "KVBUCKET_S3__MANIFEST_REFRESH_SECONDS": "0.3", "KVBUCKET_ADMIN__SWEEP_SECONDS": "0.1"}

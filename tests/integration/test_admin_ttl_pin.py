@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from admin_helpers import LAYOUT, cli, data, h
 
 from kvbucket import Client
 from kvbucket.core import errors
-from admin_helpers import LAYOUT, cli, data, h
+
 from daemon import start_daemon
 
 CLOCK = {"KVBUCKET_ADMIN__DEBUG_CLOCK": "true", "KVBUCKET_ADMIN__SWEEP_SECONDS": "0.05"}

@@ -6,6 +6,7 @@ import pytest
 
 from kvbucket import Client, Layout
 from kvbucket.core import errors
+
 from daemon import run_cli, start_daemon
 
 LAYOUT = Layout("float32", (4, 64), tokens_per_chunk=4)

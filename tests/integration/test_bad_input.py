@@ -10,6 +10,7 @@ from kvbucket.clients import wire
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 from kvbucket.proto import store_pb2_grpc
+
 from daemon import start_daemon
 
 LAYOUT = Layout("bfloat16", (2, 2, 64, 2, 32), tokens_per_chunk=64)
@@ -49,8 +50,17 @@ def scope(**layout_changes) -> pb.Scope:
 
 
 def header(h: bytes = b"key", data: bytes = DATA, **changes) -> pb.PutRequest:
-    fields = dict(scope=scope(), hash=h, codec=pb.CODEC_NONE, raw_length=len(data), payload_length=len(data),
-                  checksum=checksum(data), tokens=64, dtype=LAYOUT.dtype, shape=LAYOUT.shape)
+    fields = dict(
+        scope=scope(),
+        hash=h,
+        codec=pb.CODEC_NONE,
+        raw_length=len(data),
+        payload_length=len(data),
+        checksum=checksum(data),
+        tokens=64,
+        dtype=LAYOUT.dtype,
+        shape=LAYOUT.shape,
+    )
     fields.update(changes)
     return pb.PutRequest(header=pb.ChunkHeader(**fields))
 
@@ -77,26 +87,43 @@ CASES = {
     "empty hash": ([header(h=b""), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "1-64 bytes"),
     "dtype mismatch": ([header(dtype="float16"), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
     "shape mismatch": ([header(shape=(2, 2, 64, 2, 16)), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "shape"),
-    "length mismatch": (
-        [header(data=DATA[:-2]), *frames(DATA[:-2])], grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
+    "length mismatch": ([header(data=DATA[:-2]), *frames(DATA[:-2])], grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
     "unknown codec": ([header(codec=9), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "codec"),
     "checksum mismatch": ([header(checksum=12345), *frames()], grpc.StatusCode.DATA_LOSS, "checksum"),
     "truncated stream": ([header(), pb.PutRequest(data=DATA[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
-    "header before chunk ends": ([header(), pb.PutRequest(data=DATA[:1000]), header(h=b"other"), *frames()],
-                                 grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
+    "header before chunk ends": (
+        [header(), pb.PutRequest(data=DATA[:1000]), header(h=b"other"), *frames()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "truncated",
+    ),
     "data before header": ([*frames(), header()], grpc.StatusCode.INVALID_ARGUMENT, "before any chunk header"),
-    "too many bytes": ([header(), pb.PutRequest(data=DATA + b"x")], grpc.StatusCode.INVALID_ARGUMENT,
-                       "more than the declared"),
+    "too many bytes": (
+        [header(), pb.PutRequest(data=DATA + b"x")],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "more than the declared",
+    ),
     # the complete chunk before the stray frame is committed (each chunk is atomic on its own)
-    "frame after a complete chunk": ([header(h=b"complete"), *frames(), pb.PutRequest(data=b"x")],
-                                     grpc.StatusCode.INVALID_ARGUMENT, "no open chunk"),
-    "bad namespace": ([header(scope=pb.Scope(namespace="no spaces", model="m", layout=wire.layout_proto(LAYOUT))),
-                       *frames()], grpc.StatusCode.INVALID_ARGUMENT, "namespace"),
-    "bad model": ([header(scope=pb.Scope(model="", layout=wire.layout_proto(LAYOUT))), *frames()],
-                  grpc.StatusCode.INVALID_ARGUMENT, "model"),
+    "frame after a complete chunk": (
+        [header(h=b"complete"), *frames(), pb.PutRequest(data=b"x")],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no open chunk",
+    ),
+    "bad namespace": (
+        [header(scope=pb.Scope(namespace="no spaces", model="m", layout=wire.layout_proto(LAYOUT))), *frames()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "namespace",
+    ),
+    "bad model": (
+        [header(scope=pb.Scope(model="", layout=wire.layout_proto(LAYOUT))), *frames()],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model",
+    ),
     "unknown dtype": ([header(scope=scope(dtype="complex64")), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
-    "oversized frame": ([header(data=BIG, scope=scope(shape=BIG_SHAPE), shape=BIG_SHAPE),
-                         pb.PutRequest(data=BIG[: 5 << 20])], grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max"),
+    "oversized frame": (
+        [header(data=BIG, scope=scope(shape=BIG_SHAPE), shape=BIG_SHAPE), pb.PutRequest(data=BIG[: 5 << 20])],
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "message larger than max",
+    ),
 }
 
 

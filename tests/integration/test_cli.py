@@ -60,8 +60,9 @@ def test_metrics_endpoint_and_health(daemon):
 
 
 def test_unix_socket_url(tmp_path):
-    from daemon import start_daemon
     from kvbucket import Client, Layout
+
+    from daemon import start_daemon
 
     sock = tmp_path / "kv.sock"
     d = start_daemon(tmp_path, "--unix-socket", str(sock))

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from kvbucket import Client, Layout
+
 from daemon import start_daemon
 
 LAYOUT = Layout("bfloat16", (2, 2, 64, 4, 64), tokens_per_chunk=64)  # 128 KiB chunks

@@ -9,6 +9,7 @@ import pytest
 from kvbucket import Client, Layout
 from kvbucket.core import errors
 from kvbucket.server.settings import load_settings
+
 from daemon import start_daemon
 
 LAYOUT = Layout("uint8", (4096,), tokens_per_chunk=1)

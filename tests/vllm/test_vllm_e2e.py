@@ -20,6 +20,7 @@ import pytest
 
 from kvbucket import Client, Layout
 from kvbucket.core.keys import sanitize_name
+
 from daemon import run_cli, start_daemon
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
