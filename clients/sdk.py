@@ -172,6 +172,9 @@ class Client(AdminMixin, _Base):
             return self._put_grpc(items, **opts)
         req, raws = shm.reserve_request(self.scope.proto(), items, **opts)
         resp = self._call(self._shm.ShmReserve, req)
+        if not self._shm_state.current(plane, resp.nonce):
+            self._release(resp.lease)
+            return self._put_grpc(items, **opts)
         commit = None
         if resp.lease:
             try:
@@ -208,6 +211,8 @@ class Client(AdminMixin, _Base):
             return st.settle(attach)
 
     def _release(self, lease: int) -> None:
+        if not lease:
+            return
         try:
             self._call(self._shm.ShmRelease, pb.ShmReleaseRequest(lease=lease))
         except errors.KVBucketError:
@@ -232,6 +237,9 @@ class Client(AdminMixin, _Base):
             return self._get_grpc(hashes, out, stop_at_first_miss)
         req = pb.ShmGetRequest(scope=self.scope.proto(), hashes=hashes, stop_at_first_miss=stop_at_first_miss)
         resp = self._call(self._shm.ShmGet, req)
+        if not self._shm_state.current(plane, resp.nonce):
+            self._release(resp.lease)
+            return self._get_grpc(hashes, out, stop_at_first_miss)
         results: list[memoryview | None] = [None] * len(hashes)
         try:
             fallback = plane.read(resp, out, results)
@@ -331,6 +339,9 @@ class AsyncClient(_Base):
             return await self._put_grpc(items)
         req, raws = shm.reserve_request(self.scope.proto(), items)
         resp = await self._call(self._shm.ShmReserve, req)
+        if not self._shm_state.current(plane, resp.nonce):
+            await self._release(resp.lease)
+            return await self._put_grpc(items)
         commit = None
         if resp.lease:
             try:
@@ -364,6 +375,8 @@ class AsyncClient(_Base):
         return st.plane if st.tried else st.settle(attach)  # a concurrent call may have attached first
 
     async def _release(self, lease: int) -> None:
+        if not lease:
+            return
         try:
             await self._call(self._shm.ShmRelease, pb.ShmReleaseRequest(lease=lease))
         except errors.KVBucketError:
@@ -386,6 +399,9 @@ class AsyncClient(_Base):
             return await self._get_grpc(hashes, out, stop_at_first_miss)
         req = pb.ShmGetRequest(scope=self.scope.proto(), hashes=hashes, stop_at_first_miss=stop_at_first_miss)
         resp = await self._call(self._shm.ShmGet, req)
+        if not self._shm_state.current(plane, resp.nonce):
+            await self._release(resp.lease)
+            return await self._get_grpc(hashes, out, stop_at_first_miss)
         results: list[memoryview | None] = [None] * len(hashes)
         try:
             fallback = plane.read(resp, out, results)

@@ -51,6 +51,7 @@ class ShmPlane:
             self._mm.close()
             raise OSError(f"{attach.path} is not this daemon's arena (another host, or a stale file)")
         self.path = attach.path
+        self.nonce = attach.nonce
         self.lease_seconds = attach.lease_seconds
         self.view = memoryview(self._mm)
 
@@ -83,8 +84,8 @@ class ShmPlane:
         return fallback
 
     def close(self) -> None:
-        self.view.release()
         try:
+            self.view.release()
             self._mm.close()
         except BufferError:  # a caller still holds a view of the region (shm_region); the mapping stays
             pass
@@ -163,6 +164,15 @@ class Attachment:
                 why = f"cannot map {attach.path}: {exc}"
         log.warning("kvbucket: shared-memory data plane unavailable (%s); using gRPC streaming", why)
         return None
+
+    def current(self, plane: ShmPlane, nonce: int) -> bool:
+        """Whether a reply's arena is the one mapped; if not (the daemon restarted), attach again next time."""
+        if nonce == plane.nonce:
+            return True
+        log.info("kvbucket: the daemon's shared-memory arena changed (restart?); attaching again")
+        self.close()
+        self.tried = False
+        return False
 
     def close(self) -> None:
         if self.plane is not None:

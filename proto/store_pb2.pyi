@@ -230,12 +230,14 @@ class ShmReserveRequest(_message.Message):
     def __init__(self, chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ...) -> None: ...
 
 class ShmReserveResponse(_message.Message):
-    __slots__ = ("lease", "slots")
+    __slots__ = ("lease", "slots", "nonce")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     lease: int
     slots: _containers.RepeatedCompositeFieldContainer[ShmSlot]
-    def __init__(self, lease: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ...) -> None: ...
+    nonce: int
+    def __init__(self, lease: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ..., nonce: _Optional[int] = ...) -> None: ...
 
 class ShmCommitRequest(_message.Message):
     __slots__ = ("lease", "checksums")
@@ -276,12 +278,14 @@ class ShmChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ChunkHeader, _Mapping]] = ..., offset: _Optional[int] = ..., miss: bool = ..., fallback: bool = ..., index: _Optional[int] = ...) -> None: ...
 
 class ShmGetResponse(_message.Message):
-    __slots__ = ("lease", "chunks")
+    __slots__ = ("lease", "chunks", "nonce")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     lease: int
     chunks: _containers.RepeatedCompositeFieldContainer[ShmChunk]
-    def __init__(self, lease: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ShmChunk, _Mapping]]] = ...) -> None: ...
+    nonce: int
+    def __init__(self, lease: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ShmChunk, _Mapping]]] = ..., nonce: _Optional[int] = ...) -> None: ...
 
 class ShmReleaseRequest(_message.Message):
     __slots__ = ("lease",)

@@ -174,9 +174,9 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             else:
                 slots.append(pb.ShmSlot(offset=self.arena.offset_of(p.view), length=len(p.view)))
         if all(p.view is None for p in pending):
-            return pb.ShmReserveResponse(lease=0, slots=slots)
+            return pb.ShmReserveResponse(lease=0, slots=slots, nonce=self.arena.nonce)
         lease = self.leases.open(caller.tenant, "put", pending=pending)
-        return pb.ShmReserveResponse(lease=lease.id, slots=slots)
+        return pb.ShmReserveResponse(lease=lease.id, slots=slots, nonce=self.arena.nonce)
 
     @rpc("shm_commit")
     async def ShmCommit(self, request: pb.ShmCommitRequest, context) -> pb.ShmCommitResponse:
@@ -245,9 +245,9 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             self.metrics.bytes.labels("out").inc(h.raw_length)
             self.metrics.tokens_served.inc(h.tokens)
         if not held:
-            return pb.ShmGetResponse(lease=0, chunks=chunks)
+            return pb.ShmGetResponse(lease=0, chunks=chunks, nonce=self.arena.nonce)
         lease = self.leases.open(caller.tenant, "get", held=held)
-        return pb.ShmGetResponse(lease=lease.id, chunks=chunks)
+        return pb.ShmGetResponse(lease=lease.id, chunks=chunks, nonce=self.arena.nonce)
 
     async def _hold(self, rec: Record) -> np.ndarray | None:
         """The slot holding `rec`'s bytes: its own, or a fresh one it is copied into; None if no room."""

@@ -286,3 +286,23 @@ def test_fallback_to_grpc_when_the_arena_file_cannot_be_opened(shm_daemon, caplo
         assert bytes(c.get(b"f")) == chunk(4)
     assert any("cannot map" in r.getMessage() for r in caplog.records)
     assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 1
+
+
+def test_client_attaches_again_after_a_daemon_restart(tmp_path):
+    sock = tmp_path / "kv.sock"
+    args = ("--unix-socket", str(sock), "--shm-size", "16MiB")
+    d = start_daemon(tmp_path / "d1", *args)
+    try:
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            assert c.put(b"a", chunk(1))
+            first = c.shm_region()
+            d.stop()
+            d = start_daemon(tmp_path / "d2", *args)
+            assert c.ping(timeout=10)
+            assert c.put(b"b", chunk(2))  # the new arena is detected: this call goes by Put
+            assert c.put(b"c", chunk(3)) and bytes(c.get(b"c")) == chunk(3)  # attached to the new one
+            assert c.shm_region() is not first
+        assert metric(d, 'kvbucket_server_requests_total{op="put"') == 1
+        assert metric(d, "kvbucket_shm_slots") == 1
+    finally:
+        d.stop()
