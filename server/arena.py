@@ -17,6 +17,7 @@ is created with mode 0600 (the daemon's user); auth scopes the RPCs, not the mem
 from __future__ import annotations
 
 import bisect
+import collections
 import mmap
 import os
 import secrets
@@ -41,7 +42,8 @@ class Extents:
     """First-fit allocator over [start, end) with coalescing of adjacent free extents. Thread-safe.
 
     Invariants: free extents are disjoint, non-adjacent (merged) and sorted by offset; every allocated
-    extent is freed at most once (a double free raises).
+    extent is freed at most once (a double free raises). `release` only queues: it runs from slot
+    finalizers, which the cyclic GC may fire anywhere -- even inside `alloc` holding the lock.
     """
 
     def __init__(self, start: int, end: int, align: int = PAGE) -> None:
@@ -51,11 +53,21 @@ class Extents:
         self._len: dict[int, int] = {start: end - start} if end > start else {}
         self._used: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._released: collections.deque[int] = collections.deque()  # append/popleft are atomic
+
+    def release(self, start: int) -> None:
+        """Free `start` at the next allocator call (safe from any thread, finalizer or GC pass)."""
+        self._released.append(start)
+
+    def _drain(self) -> None:
+        while self._released:
+            self._free(self._released.popleft())
 
     def alloc(self, n: int) -> int | None:
         """Offset of a free extent of at least n bytes (rounded up to `align`), or None."""
         n = round_up(max(n, 1), self.align)
         with self._lock:
+            self._drain()
             for i, start in enumerate(self._starts):
                 have = self._len[start]
                 if have < n:
@@ -72,28 +84,36 @@ class Extents:
 
     def free(self, start: int) -> None:
         with self._lock:
-            n = self._used.pop(start)  # KeyError: not allocated (double free)
-            i = bisect.bisect_left(self._starts, start)
-            if i < len(self._starts) and self._starts[i] == start + n:  # merge with the next extent
-                n += self._len.pop(self._starts.pop(i))
-            if i > 0 and (prev := self._starts[i - 1]) + self._len[prev] == start:  # and the previous
-                self._len[prev] += n
-            else:
-                self._starts.insert(i, start)
-                self._len[start] = n
+            self._drain()
+            self._free(start)
+
+    def _free(self, start: int) -> None:
+        n = self._used.pop(start)  # KeyError: not allocated (double free)
+        i = bisect.bisect_left(self._starts, start)
+        if i < len(self._starts) and self._starts[i] == start + n:  # merge with the next extent
+            n += self._len.pop(self._starts.pop(i))
+        if i > 0 and (prev := self._starts[i - 1]) + self._len[prev] == start:  # and the previous
+            self._len[prev] += n
+        else:
+            self._starts.insert(i, start)
+            self._len[start] = n
 
     @property
     def used_bytes(self) -> int:
         with self._lock:
+            self._drain()
             return sum(self._used.values())
 
     @property
     def slots(self) -> int:
-        return len(self._used)
+        with self._lock:
+            self._drain()
+            return len(self._used)
 
     @property
     def largest_free(self) -> int:
         with self._lock:
+            self._drain()
             return max(self._len.values(), default=0)
 
 
@@ -136,7 +156,7 @@ class Arena:
         if off is None:
             return None
         view = np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=off)
-        weakref.finalize(view, self.extents.free, off)
+        weakref.finalize(view, self.extents.release, off)
         return view
 
     def offset_of(self, payload) -> int | None:

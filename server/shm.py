@@ -17,6 +17,7 @@ scopes, auth, hits, misses and metrics behave as with Put/Get.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import Callable
@@ -135,9 +136,12 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         view = self.arena.slot(n)
         for _ in range(MAKE_ROOM_TRIES):
             if view is not None:
-                break
+                return view
             if not self.store.evict_first(n, lambda rec: not self._in_arena(rec)):
                 break
+            view = self.arena.slot(n)
+        if view is None:  # last resort: slots held only by reference cycles (an exception's frames)
+            gc.collect()
             view = self.arena.slot(n)
         return view
 
