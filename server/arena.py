@@ -125,10 +125,36 @@ class ArenaStats:
     largest_free: int
 
 
+def remove_stale(directory: Path = Path("/dev/shm")) -> list[Path]:
+    """Unlink arenas left by daemons that died without `close()` (kill -9): their pid is gone."""
+    removed = []
+    for path in directory.glob("kvbucket-*-*"):
+        try:
+            pid = int(path.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class Arena:
     """A /dev/shm file of `size` bytes (plus a header page), mapped shared; `close()` unlinks it."""
 
     def __init__(self, size: int, directory: Path = Path("/dev/shm"), reserve: bool = True) -> None:
+        remove_stale(directory)
         self.nonce = secrets.randbits(63) or 1
         self.path = directory / f"kvbucket-{os.getpid()}-{self.nonce:016x}"
         total = PAGE + round_up(size)

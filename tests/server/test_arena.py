@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import gc
 
 import numpy as np
@@ -84,3 +85,21 @@ def test_full_arena_gives_none_and_foreign_buffers_are_not_slots(arena):
 def test_the_file_carries_magic_and_nonce(arena):
     head = arena.path.read_bytes()[:16]
     assert head[:8] == b"KVBSHM01" and int.from_bytes(head[8:], "little") == arena.nonce
+
+
+def test_arenas_of_dead_daemons_are_removed_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    from kvbucket.server.arena import Arena
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"kvbucket-{int(dead.stdout)}-00000000000000aa"
+    stale.write_bytes(b"left by kill -9")
+    live = tmp_path / f"kvbucket-{os.getppid()}-00000000000000bb"  # a running process's arena stays
+    live.write_bytes(b"in use")
+    arena = Arena(1 << 20, directory=tmp_path, reserve=False)
+    try:
+        assert not stale.exists() and live.exists()
+    finally:
+        arena.close()
