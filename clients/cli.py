@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +25,7 @@ console = Console()
 err = Console(stderr=True)
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
+TokenOpt = Annotated[str | None, typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 DEFAULT_URL = "kvbucket://127.0.0.1:7070"
 TIERS = {"ram": 1, "nvme": 2, "s3": 3}
@@ -53,30 +52,30 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def serve(
-    config: Annotated[Optional[Path], typer.Option(help="TOML config file")] = None,
-    host: Annotated[Optional[str], typer.Option()] = None,
-    port: Annotated[Optional[int], typer.Option(help="gRPC port (0: any free port)")] = None,
-    unix_socket: Annotated[Optional[Path], typer.Option(help="also listen on this unix socket")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus port (0: any, -1: off)")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option()] = None,
-    ram: Annotated[Optional[bool], typer.Option("--ram/--no-ram")] = None,
-    ram_capacity: Annotated[Optional[str], typer.Option(help="e.g. 8GiB")] = None,
-    ram_policy: Annotated[Optional[str], typer.Option(help="s3fifo | lru")] = None,
-    nvme: Annotated[Optional[bool], typer.Option("--nvme/--no-nvme")] = None,
-    nvme_path: Annotated[Optional[Path], typer.Option()] = None,
-    nvme_capacity: Annotated[Optional[str], typer.Option()] = None,
-    s3: Annotated[Optional[bool], typer.Option("--s3/--no-s3")] = None,
-    s3_bucket: Annotated[Optional[str], typer.Option()] = None,
-    s3_endpoint: Annotated[Optional[str], typer.Option()] = None,
-    s3_prefix: Annotated[Optional[str], typer.Option()] = None,
-    tokens_file: Annotated[Optional[Path], typer.Option(help="TOML of bearer tokens -> tenants")] = None,
-    tls_cert: Annotated[Optional[Path], typer.Option()] = None,
-    tls_key: Annotated[Optional[Path], typer.Option()] = None,
-    ready_file: Annotated[Optional[Path], typer.Option(help="write the bound URL/ports here as JSON")] = None,
-    shm_size: Annotated[Optional[str], typer.Option(help="shared-memory arena for same-host clients, e.g. 4GiB "
+    config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (0: any free port)")] = None,
+    unix_socket: Annotated[Path | None, typer.Option(help="also listen on this unix socket")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: any, -1: off)")] = None,
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    ram: Annotated[bool | None, typer.Option("--ram/--no-ram")] = None,
+    ram_capacity: Annotated[str | None, typer.Option(help="e.g. 8GiB")] = None,
+    ram_policy: Annotated[str | None, typer.Option(help="s3fifo | lru")] = None,
+    nvme: Annotated[bool | None, typer.Option("--nvme/--no-nvme")] = None,
+    nvme_path: Annotated[Path | None, typer.Option()] = None,
+    nvme_capacity: Annotated[str | None, typer.Option()] = None,
+    s3: Annotated[bool | None, typer.Option("--s3/--no-s3")] = None,
+    s3_bucket: Annotated[str | None, typer.Option()] = None,
+    s3_endpoint: Annotated[str | None, typer.Option()] = None,
+    s3_prefix: Annotated[str | None, typer.Option()] = None,
+    tokens_file: Annotated[Path | None, typer.Option(help="TOML of bearer tokens -> tenants")] = None,
+    tls_cert: Annotated[Path | None, typer.Option()] = None,
+    tls_key: Annotated[Path | None, typer.Option()] = None,
+    ready_file: Annotated[Path | None, typer.Option(help="write the bound URL/ports here as JSON")] = None,
+    shm_size: Annotated[str | None, typer.Option(help="shared-memory arena for same-host clients, e.g. 4GiB "
                                                     "(default: off, 1 GiB with --unix-socket)")] = None,
-    shm_lease_seconds: Annotated[Optional[float], typer.Option(help="shm reservation/read lease (default 30)")] = None,
-    log_level: Annotated[Optional[str], typer.Option()] = None,
+    shm_lease_seconds: Annotated[float | None, typer.Option(help="shm reservation/read lease (default 30)")] = None,
+    log_level: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Run the daemon (RAM tier on by default; --nvme and --s3-bucket add the durable tiers)."""
     import asyncio
@@ -106,7 +105,7 @@ def serve(
         settings = load_settings(config, **overrides)
     except ValidationError as exc:
         err.print(f"[red]invalid configuration:[/red]\n{exc}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run(settings))
 
@@ -150,7 +149,7 @@ def _debug_layout(dtype: str, shape: str):
 def put(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
-    key: Annotated[Optional[str], typer.Option(help="name hashed into the key (default: file content)")] = None,
+    key: Annotated[str | None, typer.Option(help="name hashed into the key (default: file content)")] = None,
     model: Annotated[str, typer.Option()] = "debug",
     namespace: Annotated[str, typer.Option()] = "",
 ) -> None:
@@ -185,7 +184,7 @@ def get(
         h = bytes.fromhex(hash_hex)
     except ValueError:
         err.print(f"[red]error:[/red] {hash_hex!r} is not hex")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     try:
         with _client(url, token, model=model, namespace=namespace or None, layout=_debug_layout(dtype, shape)) as c:
             data = c.get(h)

@@ -29,9 +29,8 @@ from kvbucket.core import errors
 from kvbucket.core.codecs import Codec
 from kvbucket.core.keys import Layout
 from kvbucket.proto import admin_pb2 as apb
-from kvbucket.proto import admin_pb2_grpc
+from kvbucket.proto import admin_pb2_grpc, store_pb2_grpc
 from kvbucket.proto import store_pb2 as pb
-from kvbucket.proto import store_pb2_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", (4 << 20) + (64 << 10)),

@@ -155,7 +155,9 @@ class GetAssembler:
             if target is not None:
                 mv = as_bytes(target)
                 if len(mv) < h.raw_length:
-                    raise errors.InvalidArgument(f"output buffer {h.index} holds {len(mv)} bytes, chunk is {h.raw_length}")
+                    raise errors.InvalidArgument(
+                        f"output buffer {h.index} holds {len(mv)} bytes, chunk is {h.raw_length}"
+                    )
                 self._buf = mv[: h.raw_length]
             else:
                 self._buf = memoryview(bytearray(h.raw_length))

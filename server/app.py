@@ -19,8 +19,8 @@ from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
 from kvbucket.server.clock import Clock
-from kvbucket.server.owner import CacheOwner
 from kvbucket.server.metrics import Metrics
+from kvbucket.server.owner import CacheOwner
 from kvbucket.server.service import KVBucketService, Limits
 from kvbucket.server.settings import Settings
 from kvbucket.server.shm import Leases, ShmCollector, ShmService

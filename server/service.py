@@ -169,7 +169,9 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         Codec.parse(h.codec)
         validate_against_layout(h.dtype, tuple(h.shape), h.raw_length, layout)
         if h.tokens > layout.tokens_per_chunk:
-            raise InvalidArgument(f"chunk covers {h.tokens} tokens, more than tokens_per_chunk {layout.tokens_per_chunk}")
+            raise InvalidArgument(
+                f"chunk covers {h.tokens} tokens, more than tokens_per_chunk {layout.tokens_per_chunk}"
+            )
         if h.raw_length > self.limits.max_chunk_bytes or h.payload_length > self.limits.max_chunk_bytes:
             self.metrics.rejected.labels("chunk_too_large").inc()
             raise ResourceExhausted(
