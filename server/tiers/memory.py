@@ -115,7 +115,7 @@ class MemoryTier(Tier):
         for kb in sorted(k for k in self._entries if k.startswith(prefix)):
             entry = self._entries.get(kb)  # the dict may change while the caller awaits
             if entry is not None:
-                yield entry.meta.copy()
+                yield entry.meta  # the index's own object, as from meta()
 
     # writes
 
