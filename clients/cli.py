@@ -17,26 +17,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from kvbucket.clients.cli_common import DEFAULT_URL, TIERS, JsonOpt, TokenOpt, UrlOpt, console, err, human
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kvbucket: a KV-cache store for LLM inference.")
-console = Console()
-err = Console(stderr=True)
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-DEFAULT_URL = "kvbucket://127.0.0.1:7070"
-TIERS = {"ram": 1, "nvme": 2, "s3": 3}
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _client(url: str, token: str | None, **kw):

@@ -13,16 +13,21 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from kvbucket.clients.cli_common import (
+    DEFAULT_URL,
+    TIER_NAMES,
+    TIERS,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    console,
+    err,
+    human,
+)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 NsOpt = Annotated[str, typer.Option("--namespace", "-n", help="namespace (default for non-admins: own tenant)")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model")]
@@ -35,18 +40,6 @@ IdleOpt = Annotated[float, typer.Option("--idle", help="not read for at least th
 PinnedOpt = Annotated[bool | None, typer.Option("--pinned/--unpinned", help="only pinned / unpinned")]
 ExpOpt = Annotated[float, typer.Option("--expiring-within", help="expiring within this many seconds")]
 AllOpt = Annotated[bool, typer.Option("--all", help="explicitly everything the other filters allow")]
-DEFAULT_URL = "kvbucket://127.0.0.1:7070"
-TIERS = {"ram": 1, "nvme": 2, "s3": 3}
-TIER_NAMES = {v: k for k, v in TIERS.items()}
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
 
 def parse_size(text: str) -> int:
     from pydantic import ByteSize, TypeAdapter, ValidationError

@@ -17,16 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from kvbucket.clients.cli_common import DEFAULT_URL, TokenOpt, UrlOpt, console, err
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="KVBUCKET_URL", help="daemon URL")]
-TokenOpt = Annotated[str | None, typer.Option("--token", envvar="KVBUCKET_TOKEN", help="bearer token")]
-DEFAULT_URL = "kvbucket://127.0.0.1:7070"
 LOOKUP_KEYS = 128
 MODEL = "kvbucket-bench"
 
