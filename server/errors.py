@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -44,37 +45,65 @@ def rpc(op: str):
 
             @functools.wraps(fn)
             async def stream(self, request, context):
-                metrics: Metrics = self.metrics
-                start = time.perf_counter()
-                code = grpc.StatusCode.OK
+                call = _Call(self.metrics, op)
                 try:
                     async for item in fn(self, request, context):
                         yield item
                 except errors.KVBucketError as exc:
-                    code = status_of(exc)
-                    metrics.rejected.labels(code.name.lower()).inc()
-                    await context.abort(code, str(exc))
+                    await call.abort(context, exc)
+                except BaseException:
+                    call.failed()
+                    raise
                 finally:
-                    metrics.requests.labels(op, code.name).inc()
-                    metrics.request_seconds.labels(op).observe(time.perf_counter() - start)
+                    call.done()
 
             return stream
 
         @functools.wraps(fn)
         async def unary(self, request, context):
-            metrics: Metrics = self.metrics
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            call = _Call(self.metrics, op)
             try:
                 return await fn(self, request, context)
             except errors.KVBucketError as exc:
-                code = status_of(exc)
-                metrics.rejected.labels(code.name.lower()).inc()
-                await context.abort(code, str(exc))
+                await call.abort(context, exc)
+            except BaseException:
+                call.failed()
+                raise
             finally:
-                metrics.requests.labels(op, code.name).inc()
-                metrics.request_seconds.labels(op).observe(time.perf_counter() - start)
+                call.done()
 
         return unary
 
     return wrap
+
+
+class _Call:
+    """Counts and times one RPC under the status it ended with."""
+
+    __slots__ = ("metrics", "op", "start", "code")
+
+    def __init__(self, metrics: Metrics, op: str) -> None:
+        self.metrics, self.op = metrics, op
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+
+    async def abort(self, context, exc: errors.KVBucketError) -> None:
+        self.code = status_of(exc)
+        self.metrics.rejected.labels(self.code.name.lower()).inc()
+        await context.abort(self.code, str(exc))
+
+    def failed(self) -> None:
+        """A bug or a cancelled call, not a refusal: gRPC reports it; we count it."""
+        if self.code is grpc.StatusCode.OK:
+            self.code = grpc.StatusCode.CANCELLED if _cancelled() else grpc.StatusCode.INTERNAL
+
+    def done(self) -> None:
+        self.metrics.requests.labels(self.op, self.code.name).inc()
+        self.metrics.request_seconds.labels(self.op).observe(time.perf_counter() - self.start)
+
+
+def _cancelled() -> bool:
+    import sys
+
+    exc = sys.exc_info()[1]
+    return isinstance(exc, (asyncio.CancelledError, GeneratorExit))
