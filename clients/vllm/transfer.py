@@ -66,6 +66,7 @@ class Transfer:
         self._pending: set[Future] = set()
         self._lock = threading.Lock()
         self._max_pending = max_pending_saves
+        self._free: list[torch.Tensor] = []  # chunk buffers to reuse
         self.dropped_saves = 0
 
     def _check(self, layout: Layout) -> bool:
@@ -77,8 +78,17 @@ class Transfer:
             return False
         return True
 
-    def _chunk(self) -> torch.Tensor:
+    def _take(self) -> torch.Tensor:
+        """A chunk buffer, reused: a fresh multi-MiB allocation per chunk costs page faults each time."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
         return torch.empty(self.layout.shape, dtype=self.layers[0].dtype, device="cpu")
+
+    def _give(self, chunks) -> None:
+        with self._lock:
+            room = self._max_pending * 2 + 4 - len(self._free)
+            self._free.extend(list(chunks)[: max(room, 0)])
 
     # -- loads --------------------------------------------------------------------------------
 
@@ -87,23 +97,27 @@ class Transfer:
         if not self.enabled or not self.breaker.allow():
             self._fail(specs)
             return
-        chunks = [self._chunk() for _ in specs]
+        chunks = [self._take() for _ in specs]
         try:
             got = self.client.get_many([s.key for s in specs], out=chunks)
         except Exception as exc:
             self.breaker.failure("load", exc)
             self._fail(specs)
+            self._give(chunks)
             return
         self.breaker.success()
         device = self.layers[0].device
-        for spec, chunk, result in zip(specs, chunks, got):
-            if result is None:  # evicted since the lookup
-                self._fail([spec])
-                continue
-            bs = self.planner.block_size
-            part = chunk[:, :, spec.skip * bs :] if spec.skip else chunk
-            scatter_blocks(part.to(device).contiguous(), self.layers, list(spec.block_ids[spec.skip :]),
-                           self.paged_layout)
+        try:
+            for spec, chunk, result in zip(specs, chunks, got):
+                if result is None:  # evicted since the lookup
+                    self._fail([spec])
+                    continue
+                bs = self.planner.block_size
+                part = chunk[:, :, spec.skip * bs :] if spec.skip else chunk
+                scatter_blocks(part.to(device).contiguous(), self.layers, list(spec.block_ids[spec.skip :]),
+                               self.paged_layout)
+        finally:
+            self._give(chunks)
 
     def _fail(self, specs: list[LoadSpec]) -> None:
         for s in specs:
@@ -125,9 +139,14 @@ class Transfer:
                 log.debug("kvbucket: %d saves pending, dropping %d chunks", len(self._pending), len(specs))
                 return
         items = []
+        on_cpu = self.layers[0].device.type == "cpu"
         for spec in specs:
-            chunk = gather_blocks(self.layers, list(spec.block_ids), self.paged_layout)
-            items.append((spec.key, chunk.cpu() if chunk.device.type != "cpu" else chunk))
+            host = self._take()
+            if on_cpu:
+                gather_blocks(self.layers, list(spec.block_ids), self.paged_layout, out=host)
+            else:  # gather on the device in one launch, then one copy to host memory
+                host.copy_(gather_blocks(self.layers, list(spec.block_ids), self.paged_layout))
+            items.append((spec.key, host))
         future = self._saver.submit(self._write, items)
         with self._lock:
             self._pending.add(future)
@@ -138,6 +157,8 @@ class Transfer:
             self.breaker.success()
         except Exception as exc:
             self.breaker.failure("save", exc)
+        finally:
+            self._give(chunk for _, chunk in items)
 
     def flush(self, timeout: float = 30.0) -> None:
         with self._lock:
