@@ -16,7 +16,7 @@ shares the connection. Errors are the classes of `kvbucket.core.errors`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -88,9 +88,22 @@ class _Base:
         self.codec = Codec.parse(codec)
         self.frame_bytes = frame_bytes
 
-    def _items(self, items: Iterable[PutItem]) -> list[tuple[bytes, object, int]]:
+    def _items(self, items: Iterable[PutItem]) -> Iterator[tuple[bytes, object, int]]:
+        """Lazily: a caller may hand a generator that reuses one buffer for every item (LMCache's
+        staging slot), so each item is read completely before the next one is asked for."""
         default_tokens = self.scope.layout.tokens_per_chunk if self.scope.layout else 0
-        return [(item[0], item[1], item[2] if len(item) > 2 else default_tokens) for item in items]
+        for item in items:
+            yield (item[0], item[1], item[2] if len(item) > 2 else default_tokens)
+
+    @staticmethod
+    def _shm_batches(items: Iterable[PutItem], normalized: Iterator) -> Iterator[list]:
+        """Shared-memory puts reserve a batch before copying: one batch for a list, one item at a
+        time for a lazy iterable (see `_items`)."""
+        if isinstance(items, (list, tuple)):
+            yield list(normalized)
+        else:
+            for item in normalized:
+                yield [item]
 
     def _attach_failed(self, exc: grpc.RpcError) -> shm.ShmPlane | None:
         if exc.code() in _NO_SHM:
@@ -164,11 +177,16 @@ class Client(AdminMixin, _Base):
                  pin: bool = False) -> list[bool]:
         """Store chunks in one call; each is atomic on its own. `ttl_seconds` (sliding: refreshed
         on every hit) and `pin` apply to every chunk; without a TTL the namespace default applies."""
-        items = self._items(items)
         opts = dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
-        plane = self._plane() if items and self.codec is Codec.NONE else None
+        plane = self._plane() if self.codec is Codec.NONE else None
         if plane is None:
-            return self._put_grpc(items, **opts)
+            return self._put_grpc(self._items(items), **opts)
+        stored: list[bool] = []
+        for batch in self._shm_batches(items, self._items(items)):
+            stored += self._put_shm(plane, batch, **opts)
+        return stored
+
+    def _put_shm(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:
         req, raws = shm.reserve_request(self.scope.proto(), items, **opts)
         resp = self._call(self._shm.ShmReserve, req)
         if not self._shm_state.current(plane, resp.nonce):
@@ -191,7 +209,7 @@ class Client(AdminMixin, _Base):
             self._merge(stored, fallback, self._put_grpc([items[i] for i in fallback], **opts))
         return stored
 
-    def _put_grpc(self, items: list, **opts) -> list[bool]:
+    def _put_grpc(self, items: Iterable, **opts) -> list[bool]:
         stream = wire.put_stream(self.scope.proto(), items, codec=self.codec, frame=self.frame_bytes, **opts)
         return [r.stored for r in self._call(self._put, stream).results]
 
@@ -332,10 +350,15 @@ class AsyncClient(_Base):
         return (await self.put_many([item]))[0]
 
     async def put_many(self, items: Iterable[PutItem]) -> list[bool]:
-        items = self._items(items)
-        plane = await self._plane() if items and self.codec is Codec.NONE else None
+        plane = await self._plane() if self.codec is Codec.NONE else None
         if plane is None:
-            return await self._put_grpc(items)
+            return await self._put_grpc(self._items(items))
+        stored: list[bool] = []
+        for batch in self._shm_batches(items, self._items(items)):
+            stored += await self._put_shm(plane, batch)
+        return stored
+
+    async def _put_shm(self, plane: shm.ShmPlane, items: list) -> list[bool]:
         req, raws = shm.reserve_request(self.scope.proto(), items)
         resp = await self._call(self._shm.ShmReserve, req)
         if not self._shm_state.current(plane, resp.nonce):
@@ -358,7 +381,7 @@ class AsyncClient(_Base):
             self._merge(stored, fallback, await self._put_grpc([items[i] for i in fallback]))
         return stored
 
-    async def _put_grpc(self, items: list) -> list[bool]:
+    async def _put_grpc(self, items: Iterable) -> list[bool]:
         stream = wire.put_stream(self.scope.proto(), items, codec=self.codec, frame=self.frame_bytes)
         return [r.stored for r in (await self._call(self._put, stream)).results]
 

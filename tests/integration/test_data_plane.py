@@ -122,3 +122,28 @@ def test_stats_count_the_traffic(client):
 def test_daemon_rejects_unknown_url_scheme():
     with pytest.raises(errors.InvalidArgument, match="scheme"):
         Client("http://127.0.0.1:1", layout=LAYOUT)
+
+
+@pytest.mark.parametrize("path", ["tcp", "shm"])
+def test_put_many_reads_each_item_before_asking_for_the_next(tmp_path, path):
+    """A generator may reuse one staging buffer for every item (LMCache's plugin does)."""
+    from daemon import start_daemon
+
+    sock = tmp_path / "kv.sock"
+    d = start_daemon(tmp_path, "--unix-socket", str(sock), "--shm-size", "64MiB")
+    try:
+        url = d.url if path == "tcp" else f"kvbucket+unix://{sock}"
+        with Client(url, model="m", layout=LAYOUT) as c:
+            staging = bytearray(LAYOUT.chunk_bytes)
+
+            def packed():
+                for i in range(4):
+                    staging[:] = payload(i)
+                    yield (f"k{i}".encode(), staging)
+
+            assert c.put_many(packed()) == [True] * 4
+            assert (c.shm_region() is not None) == (path == "shm")
+            got = c.get_many([f"k{i}".encode() for i in range(4)])
+            assert [bytes(g) for g in got] == [payload(i) for i in range(4)]
+    finally:
+        d.stop()
