@@ -175,13 +175,11 @@ async def test_outage_get_misses_put_unavailable_then_recovers(s3_process, s3_bu
         await t.put(key, record, meta)
         s3_process.stop()
         try:
-            start = time.monotonic()
-            assert await t.get(key) is None
+            assert await t.get(key) is None  # connection refused: a miss, not an error
             with pytest.raises(Unavailable, match="cannot write"):
                 await t.put(make_key(6), *make_entry(make_key(6), 1024)[:2])
             assert await t.refresh() is False  # the manifest is kept while S3 is away
             assert t.contains([key]) == [True]
-            assert time.monotonic() - start < 5.0  # connection refused fails fast
             assert t.stats().extra["errors"] >= 2 and t.stats().extra["refresh_errors"] == 1
         finally:
             s3_process.start()  # moto keeps state in memory: the restarted server is empty
@@ -201,14 +199,12 @@ async def test_dead_endpoint_at_open_is_logged_not_raised():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t = S3Tier("nobucket", endpoint_url=f"http://127.0.0.1:{port}", timeout_s=1.0, manifest_refresh_s=0, **CREDS)
-    start = time.monotonic()
     await t.open()
     try:
         assert t.stats().extra["refresh_errors"] == 1
         assert await t.get(make_key(1)) is None
         with pytest.raises(Unavailable):
             await t.put(make_key(1), *make_entry(make_key(1), 256)[:2])
-        assert time.monotonic() - start < 5.0
     finally:
         await t.close()
 
