@@ -94,6 +94,7 @@ class Daemon:
         self.server: grpc.aio.Server | None = None
         self.shm: ShmService | None = None
         self._sweeper: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = -1
 
@@ -147,6 +148,11 @@ class Daemon:
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        nvme = self.store.tier("nvme")
+        if nvme is not None and self.settings.nvme.flush_seconds > 0:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_forever(nvme, self.settings.nvme.flush_seconds), name="nvme-flush"
+            )
         self._announce()
 
     def _start_shm(self, data: KVBucketService) -> None:
@@ -160,6 +166,15 @@ class Daemon:
         if arena is not None:
             self.metrics.registry.register(ShmCollector(self.shm))
             self._sweeper = asyncio.get_running_loop().create_task(self.shm.sweep_forever())
+
+    async def _flush_forever(self, tier, every: float) -> None:
+        """Bound what a crash can lose on the NVMe tier (its WAL is off) to about `every` seconds."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await tier.flush()
+            except Exception as exc:  # a failing disk is reported by its writes; keep trying
+                log.warning("NVMe flush failed: %s", exc)
 
     def _announce(self) -> None:
         s = self.settings
@@ -181,8 +196,9 @@ class Daemon:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._flusher):
+            if task is not None:
+                task.cancel()
         await self.owner.stop()
         await self.store.close()
         if self.shm is not None:

@@ -42,6 +42,9 @@ class NvmeSettings(BaseModel):
     admission: Literal["write-through", "on-evict"] = "write-through"
     write_budget_per_day: ByteSize = ByteSize(0)  # 0: unlimited; protects flash endurance
     queue_depth: int = 64
+    # The WAL is off (it would write every byte twice): a put is durable once its memtable is flushed.
+    # Flushing every few seconds bounds what a kill -9 or a crash can lose to the last few seconds.
+    flush_seconds: float = 5.0  # 0: only when the memtable fills (128 MiB) and at a clean stop
 
 
 class S3Settings(BaseModel):

@@ -193,3 +193,23 @@ def test_nvme_only_daemon_serves_from_disk(tmp_path, flag):
             assert c.get(h(1)) is not None
     finally:
         d.stop()
+
+
+def test_periodic_flush_makes_puts_survive_kill_9(tmp_path):
+    """The WAL is off: without the periodic flush these few puts would sit in the memtable and be lost."""
+    env = {"KVBUCKET_NVME__FLUSH_SECONDS": "0.2"}
+    d = start_daemon(tmp_path, "--nvme", env=env)
+    try:
+        with Client(d.url, model="m", layout=LAYOUT) as c:
+            c.put_many([(h(i), data_for(i)) for i in range(5)])
+        # wait for the daemon's background flush to write a table file
+        assert wait_for(lambda: any((tmp_path / "data" / "nvme").glob("*.sst")), timeout=30)
+    finally:
+        d.kill9()
+    d2 = start_daemon(tmp_path, "--nvme")
+    try:
+        with Client(d2.url, model="m", layout=LAYOUT) as c:
+            assert c.lookup([h(i) for i in range(5)]).hits == 5
+            assert [bytes(g) for g in c.get_many([h(i) for i in range(5)])] == [data_for(i) for i in range(5)]
+    finally:
+        d2.stop()
