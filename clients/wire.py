@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from kvbucket.core import errors
+from kvbucket.core import errors, frames
 from kvbucket.core.codecs import Codec, compress
 from kvbucket.core.keys import DTYPE_SIZES, Layout
 from kvbucket.core.record import checksum
@@ -19,7 +19,6 @@ from kvbucket.proto import store_pb2 as pb
 DEFAULT_FRAME = 1 << 20
 PUT_METHOD = "/kvbucket.v1.KVBucket/Put"
 GET_METHOD = "/kvbucket.v1.KVBucket/Get"
-_DATA_TAG = b"\x12"  # field 2, length-delimited: `data` in both PutRequest and GetResponse
 TIER_NAMES = {pb.TIER_RAM: "ram", pb.TIER_NVME: "nvme", pb.TIER_S3: "s3"}
 
 _ERRORS = {
@@ -92,45 +91,18 @@ def put_stream(
             yield data_frame(payload[off : off + frame])
 
 
-# Data frames skip the protobuf message objects: building `PutRequest(data=bytes(view))` and
-# serializing it copies every byte three times; the encoding below is the same bytes on the wire
-# (tag, varint length, payload) for one copy. Headers, misses and replies stay protobuf messages.
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def data_frame(view: memoryview) -> bytes:
-    """`PutRequest(data=view).SerializeToString()`, with one copy."""
-    return b"".join((_DATA_TAG, _varint(len(view)), view))
+    """`PutRequest(data=view).SerializeToString()`, with one copy (core/frames.py)."""
+    return frames.encode(view)
 
 
-def encode_put(msg: pb.PutRequest | bytes) -> bytes:
-    """Request serializer for Put: pre-encoded data frames pass through."""
-    return msg if type(msg) is bytes else msg.SerializeToString()
+encode_put = frames.passthrough  # request serializer for Put: pre-encoded data frames pass through
 
 
 def decode_get(raw: bytes) -> pb.GetResponse | memoryview:
     """Response deserializer for Get: a data-only frame becomes a view of its payload (no copy)."""
-    if raw[:1] == _DATA_TAG:
-        n = shift = 0
-        pos = 1
-        while pos < len(raw) and shift < 64:
-            b = raw[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                if pos + n == len(raw):
-                    return memoryview(raw)[pos:]
-                break
-    return pb.GetResponse.FromString(raw)
+    data = frames.decode(raw)
+    return data if data is not None else pb.GetResponse.FromString(raw)
 
 
 class GetAssembler:

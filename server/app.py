@@ -22,6 +22,7 @@ from kvbucket.server.clock import Clock
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.owner import CacheOwner
 from kvbucket.server.service import KVBucketService, Limits
+from kvbucket.server.service import add_to_server as add_data_plane
 from kvbucket.server.settings import Settings
 from kvbucket.server.shm import Leases, ShmCollector, ShmService
 from kvbucket.server.store import TieredStore
@@ -115,7 +116,7 @@ class Daemon:
             ("grpc.so_reuseport", 0),
         ])
         data = KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes)))
-        store_pb2_grpc.add_KVBucketServicer_to_server(data, self.server)
+        add_data_plane(data, self.server)
         self._start_shm(data)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(self.store, self.auth, self.metrics, kvbucket.__version__, owner=self.owner,

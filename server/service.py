@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
+
+from kvbucket.core import frames
 from kvbucket.core.codecs import Codec, decompress
 from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted
 from kvbucket.core.keys import EntryKey, Layout, check_hash, keys_in_scope
@@ -44,11 +48,11 @@ class _Incoming:
 
     __slots__ = ("key", "header", "layout", "buf", "filled")
 
-    def __init__(self, key: EntryKey, header: pb.ChunkHeader, layout: Layout) -> None:
+    def __init__(self, key: EntryKey, header: pb.ChunkHeader, layout: Layout, buf) -> None:
         self.key = key
         self.header = header
         self.layout = layout
-        self.buf = bytearray(header.payload_length)
+        self.buf = buf  # a bytearray, or a memoryview of an arena slot (KVBucketService.allocate)
         self.filled = 0
 
     def write(self, data: bytes) -> None:
@@ -91,6 +95,10 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         self.auth = auth
         self.metrics = metrics
         self.limits = limits
+        # Where a raw chunk of a Put lands: a fresh bytearray, or (server/shm.py sets it when the daemon
+        # has an arena) a free slot of the pre-faulted arena -- no page faults, and shm readers get it
+        # without a copy.
+        self.allocate: Callable[[int], bytearray | memoryview] = bytearray
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -136,31 +144,39 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         caller = self._caller(context)
         results: list[pb.ChunkResult] = []
         pending: _Incoming | None = None
-        async for msg in request_iterator:
-            part = msg.WhichOneof("part")
-            if part == "header":
-                if pending is not None:
-                    raise pending.truncated()
-                pending = self._begin(caller, msg.header)
-            elif part == "data":
+        try:
+            async for msg in request_iterator:  # data frames arrive as memoryviews (frames.decode)
+                if type(msg) is memoryview:
+                    data = msg
+                else:
+                    part = msg.WhichOneof("part")
+                    if part == "header":
+                        if pending is not None:
+                            raise pending.truncated()
+                        pending = self._begin(caller, msg.header)
+                        continue
+                    if part != "data":
+                        raise InvalidArgument("empty PutRequest: set either header or data")
+                    data = msg.data
                 if pending is None:
                     raise InvalidArgument(
                         "a data frame arrived with no open chunk: before any chunk header, or after the "
                         "previous chunk's payload_length was complete"
                     )
-                pending.write(msg.data)
+                pending.write(data)
                 if pending.complete:
-                    results.append(await self._commit(pending))
-                    pending = None
-            else:
-                raise InvalidArgument("empty PutRequest: set either header or data")
-        if pending is not None:
-            raise pending.truncated()
+                    done, pending = pending, None
+                    results.append(await self._commit(done))
+            if pending is not None:
+                raise pending.truncated()
+        finally:
+            pending = None  # an arena slot goes back now, not when the traceback is collected
         return pb.PutResponse(results=results)
 
     def _begin(self, caller: Caller, h: pb.ChunkHeader) -> _Incoming:
         key, layout = self.check_header(caller, h)
-        return _Incoming(key, h, layout)
+        n = h.payload_length
+        return _Incoming(key, h, layout, self.allocate(n) if h.codec == pb.CODEC_NONE else bytearray(n))
 
     def check_header(self, caller: Caller, h: pb.ChunkHeader) -> tuple[EntryKey, Layout]:
         """The key of a chunk header from a put, after every check a put makes (also used by server/shm.py)."""
@@ -220,6 +236,33 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
                 )
                 mv = memoryview(rec.payload)
                 for off in range(0, len(mv), frame):
-                    yield pb.GetResponse(data=bytes(mv[off : off + frame]))
+                    yield frames.encode(mv[off : off + frame])  # GetResponse{data}, one copy
                 self.metrics.bytes.labels("out").inc(len(mv))
                 self.metrics.tokens_served.inc(h.tokens)
+
+
+def add_to_server(servicer: KVBucketService, server) -> None:
+    """Register the data plane as `store_pb2_grpc.add_KVBucketServicer_to_server` does, but with the
+    frame codecs of core/frames.py for Put's requests and Get's responses (the same bytes on the wire)."""
+    handlers = {
+        "Lookup": grpc.unary_unary_rpc_method_handler(
+            servicer.Lookup, pb.LookupRequest.FromString, pb.LookupResponse.SerializeToString),
+        "Put": grpc.stream_unary_rpc_method_handler(
+            servicer.Put, _decode_put, pb.PutResponse.SerializeToString),
+        "Get": grpc.unary_stream_rpc_method_handler(
+            servicer.Get, pb.GetRequest.FromString, frames.passthrough),
+        "Exists": grpc.unary_unary_rpc_method_handler(
+            servicer.Exists, pb.ExistsRequest.FromString, pb.ExistsResponse.SerializeToString),
+        "Delete": grpc.unary_unary_rpc_method_handler(
+            servicer.Delete, pb.DeleteRequest.FromString, pb.DeleteResponse.SerializeToString),
+    }
+    name = pb.DESCRIPTOR.services_by_name["KVBucket"].full_name
+    missing = set(pb.DESCRIPTOR.services_by_name["KVBucket"].methods_by_name) - set(handlers)
+    assert not missing, f"store.proto has methods not registered here: {missing}"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+def _decode_put(raw: bytes) -> pb.PutRequest | memoryview:
+    data = frames.decode(raw)
+    return data if data is not None else pb.PutRequest.FromString(raw)

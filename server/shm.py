@@ -104,6 +104,15 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.leases = leases
         self.fallbacks = {"put": 0, "get": 0}
         self.copied_in = 0
+        if arena is not None:
+            data.allocate = self.put_buffer
+
+    def put_buffer(self, n: int) -> bytearray | memoryview:
+        """Where a gRPC Put receives a raw chunk: a free arena slot (pre-faulted memory, readable by shm
+        clients without a copy-in), or a bytearray when the arena has no free extent -- arena entries are
+        not evicted for it, the RAM tier's own capacity decides evictions."""
+        view = self.arena.slot(n)
+        return memoryview(view) if view is not None else bytearray(n)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -112,11 +112,23 @@ def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
     assert metric(shm_daemon, "kvbucket_shm_leases") == 0
 
 
-def test_entry_put_over_grpc_is_served_through_shm(shm_daemon):
-    with Client(shm_daemon.url, model="m", layout=LAYOUT) as tcp, \
+def test_entry_put_over_grpc_lands_in_the_arena_and_is_served_without_a_copy(shm_daemon):
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp, \
             Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         assert tcp.put(b"g", chunk(7))
+        assert metric(shm_daemon, "kvbucket_shm_slots") == 1  # the gRPC put was received into a slot
         assert bytes(c.get(b"g")) == chunk(7)
+        assert bytes(tcp.get(b"g")) == chunk(7)
+    assert metric(shm_daemon, "kvbucket_shm_copied_in_total") == 0
+
+
+def test_entry_held_outside_the_arena_is_copied_in_for_the_read(shm_daemon):
+    # A compressed put is decompressed into a plain buffer, outside the arena.
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False, codec="lz4") as tcp, \
+            Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert tcp.put(b"z", chunk(8))
+        assert metric(shm_daemon, "kvbucket_shm_slots") == 0
+        assert bytes(c.get(b"z")) == chunk(8)
     assert metric(shm_daemon, "kvbucket_shm_copied_in_total") == 1
     assert metric(shm_daemon, "kvbucket_shm_slots") == 0  # the temporary copy went with the lease
 
@@ -303,6 +315,6 @@ def test_client_attaches_again_after_a_daemon_restart(tmp_path):
             assert c.put(b"c", chunk(3)) and bytes(c.get(b"c")) == chunk(3)  # attached to the new one
             assert c.shm_region() is not first
         assert metric(d, 'kvbucket_server_requests_total{op="put"') == 1
-        assert metric(d, "kvbucket_shm_slots") == 1
+        assert metric(d, "kvbucket_shm_slots") == 2  # "b" went by gRPC Put, received into a slot too
     finally:
         d.stop()
