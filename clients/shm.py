@@ -5,10 +5,12 @@ ShmAttach names the arena file; it is opened read-write and mapped, and the nonc
 match (proof that this is the daemon's arena, not a file of the same name on another host). When any
 of that fails the client uses gRPC streaming for good and logs it once.
 
-Put: `reserve_request` -> ShmReserve -> `ShmPlane.write` (copy into the slots, hashing each piece
-while it is in cache) -> ShmCommit with the checksums. Get: ShmGet -> `ShmPlane.read` (copy out,
-verify) -> ShmRelease. Chunks the daemon marks `fallback` go through Put/Get. Both SDK clients are
-thin shells over these functions.
+Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_at` (copy in,
+hashing each piece while it is in cache) -> ShmPut, which stores them and refills the pool. When the
+pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
+two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
+Get, one round trip: ShmGet -> `ShmPlane.read` (copy out, verify); the lease is released by the next
+request (`Attachment.defer_release`), or at close. Both SDK clients are thin shells over these.
 
 `register_with_cuda(view)` page-locks a mapped region for CUDA (cudaHostRegister) so GPU copies
 into it run as DMA; `Client.shm_region()` is the region.
@@ -16,10 +18,13 @@ into it run as DMA; `Client.shm_region()` is the region.
 
 from __future__ import annotations
 
+import collections
 import logging
 import mmap
 import os
 import struct
+import threading
+import time
 
 import xxhash
 
@@ -66,6 +71,10 @@ class ShmPlane:
                 raise errors.InvalidArgument(f"daemon reserved {slot.length} bytes, chunk is {len(raw)}")
             sums.append(_copy_hash(self.view[slot.offset : slot.offset + len(raw)], raw))
         return sums
+
+    def write_at(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
+        """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of each."""
+        return [_copy_hash(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)]
 
     def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
         """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
@@ -115,9 +124,15 @@ def _copy_hash(dst: memoryview, src: memoryview) -> int:
     return h.intdigest()
 
 
-def reserve_request(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
-                    pin: bool = False) -> tuple[pb.ShmReserveRequest, list[memoryview]]:
+def reserve_request(scope: pb.Scope, items, **opts) -> tuple[pb.ShmReserveRequest, list[memoryview]]:
     """ShmReserve for `(hash, payload, tokens)` items, and the raw byte views to write."""
+    chunks, raws = chunk_headers(scope, items, **opts)
+    return pb.ShmReserveRequest(chunks=chunks), raws
+
+
+def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
+                  pin: bool = False) -> tuple[list[pb.ChunkHeader], list[memoryview]]:
+    """The headers of `(hash, payload, tokens)` items (checksum unset), and their raw byte views."""
     layout = scope.layout
     chunks, raws = [], []
     for h, data, tokens in items:
@@ -128,7 +143,17 @@ def reserve_request(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sli
             tokens=tokens, dtype=layout.dtype, shape=layout.shape, ttl_seconds=ttl_seconds,
             ttl_sliding=ttl_sliding, pin=pin,
         ))
-    return pb.ShmReserveRequest(chunks=chunks), raws
+    return chunks, raws
+
+
+def put_request(att: Attachment, plane: ShmPlane, headers: list[pb.ChunkHeader], offsets: list[int],
+                raws: list[memoryview]) -> pb.ShmPutRequest:
+    """Write the chunks into their pool slots and build the ShmPut that stores them (and asks for as
+    many slots of the same sizes again, for the next put)."""
+    for h, c in zip(headers, plane.write_at(offsets, raws), strict=True):
+        h.checksum = c
+    return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
+                            release=att.releases())
 
 
 def commit_results(slots, commit: pb.ShmCommitResponse | None) -> tuple[list[bool | None], list[int]]:
@@ -145,13 +170,78 @@ def commit_results(slots, commit: pb.ShmCommitResponse | None) -> tuple[list[boo
     return stored, fallback
 
 
+class SlotPool:
+    """Spare arena slots this client holds for one-round-trip puts (ShmPut). Thread-safe.
+
+    The daemon drops a pool unused for lease_seconds and may then hand its slots to others, so a pool
+    idle for half that is forgotten here before any byte is written into it."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.id = 0
+        self._ttl = lease_seconds / 2
+        self._deadline = 0.0
+        self._free: dict[int, list[int]] = {}  # slot length -> offsets
+        self._lock = threading.Lock()
+
+    def take(self, sizes: list[int]) -> list[int] | None:
+        """One spare slot per size (removed from the pool), or None (and nothing taken) if any is missing."""
+        with self._lock:
+            if self.id and time.monotonic() > self._deadline:
+                self._forget()
+            want = collections.Counter(sizes)
+            if any(len(self._free.get(n, ())) < k for n, k in want.items()):
+                return None
+            return [self._free[n].pop() for n in sizes]
+
+    def stock(self, resp: pb.ShmPutResponse, sent_at: float) -> int:
+        """Add the slots a ShmPut granted (the pool's lease was renewed when it was sent); how many."""
+        with self._lock:
+            if resp.pool != self.id:
+                self._forget()
+                self.id = resp.pool
+            self._deadline = sent_at + self._ttl
+            granted = [s for s in resp.slots if not s.fallback]
+            for s in granted:
+                self._free.setdefault(s.length, []).append(s.offset)
+            return len(granted)
+
+    def reset(self) -> int:
+        """Forget the pool (expired, or the daemon restarted); its id, to release it if still known."""
+        with self._lock:
+            pool = self.id
+            self._forget()
+            return pool
+
+    def _forget(self) -> None:
+        self.id = 0
+        self._free.clear()
+
+
 class Attachment:
-    """Attach-once state shared by a client and the clients `scoped()` derives from it."""
+    """Attach-once state shared by a client and the clients `scoped()` derives from it: the mapped
+    arena, the slot pool, and get leases done with but not yet released."""
 
     def __init__(self, wanted: bool) -> None:
         self.wanted = wanted
         self.plane: ShmPlane | None = None
         self.tried = False
+        self.pool = SlotPool(30.0)
+        self._done: collections.deque[int] = collections.deque()  # append / popleft are atomic
+
+    def defer_release(self, lease: int) -> None:
+        """Release a get lease with the next request instead of a call of its own."""
+        if lease:
+            self._done.append(lease)
+
+    def releases(self) -> list[int]:
+        """The deferred leases, to list in the request being sent (each is handed out once)."""
+        out = []
+        while self._done:
+            try:
+                out.append(self._done.popleft())
+            except IndexError:  # another thread took the last one
+                break
+        return out
 
     def settle(self, attach: pb.ShmAttachResponse | None, why: str = "") -> ShmPlane | None:
         """Open the arena from an ShmAttach reply (None: the daemon refused, `why`); logs a failure once."""
@@ -159,6 +249,7 @@ class Attachment:
         if attach is not None:
             try:
                 self.plane = ShmPlane(attach)
+                self.pool = SlotPool(attach.lease_seconds)
                 return self.plane
             except (OSError, ValueError) as exc:
                 why = f"cannot map {attach.path}: {exc}"
@@ -172,7 +263,15 @@ class Attachment:
         log.info("kvbucket: the daemon's shared-memory arena changed (restart?); attaching again")
         self.close()
         self.tried = False
+        self.pool.reset()
+        self.releases()  # leases of the old daemon
         return False
+
+    def leases_to_close(self) -> list[int]:
+        """What a closing client releases: deferred get leases and its slot pool."""
+        if self.plane is None:
+            return []
+        return [*self.releases(), *filter(None, [self.pool.reset()])]
 
     def close(self) -> None:
         if self.plane is not None:

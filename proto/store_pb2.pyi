@@ -224,10 +224,12 @@ class ShmSlot(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ..., fallback: bool = ...) -> None: ...
 
 class ShmReserveRequest(_message.Message):
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "release")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkHeader]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ...) -> None: ...
+    release: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShmReserveResponse(_message.Message):
     __slots__ = ("lease", "slots", "nonce")
@@ -254,14 +256,16 @@ class ShmCommitResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ...) -> None: ...
 
 class ShmGetRequest(_message.Message):
-    __slots__ = ("scope", "hashes", "stop_at_first_miss")
+    __slots__ = ("scope", "hashes", "stop_at_first_miss", "release")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
     STOP_AT_FIRST_MISS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     scope: Scope
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     stop_at_first_miss: bool
-    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., stop_at_first_miss: bool = ...) -> None: ...
+    release: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., stop_at_first_miss: bool = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShmChunk(_message.Message):
     __slots__ = ("header", "offset", "miss", "fallback", "index")
@@ -292,6 +296,32 @@ class ShmReleaseRequest(_message.Message):
     LEASE_FIELD_NUMBER: _ClassVar[int]
     lease: int
     def __init__(self, lease: _Optional[int] = ...) -> None: ...
+
+class ShmPutRequest(_message.Message):
+    __slots__ = ("pool", "chunks", "offsets", "refill", "release")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    REFILL_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    pool: int
+    chunks: _containers.RepeatedCompositeFieldContainer[ChunkHeader]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    refill: _containers.RepeatedScalarFieldContainer[int]
+    release: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pool: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., offsets: _Optional[_Iterable[int]] = ..., refill: _Optional[_Iterable[int]] = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShmPutResponse(_message.Message):
+    __slots__ = ("pool", "results", "slots", "nonce")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    pool: int
+    results: _containers.RepeatedCompositeFieldContainer[ChunkResult]
+    slots: _containers.RepeatedCompositeFieldContainer[ShmSlot]
+    nonce: int
+    def __init__(self, pool: _Optional[int] = ..., results: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ..., nonce: _Optional[int] = ...) -> None: ...
 
 class ShmReleaseResponse(_message.Message):
     __slots__ = ("released",)

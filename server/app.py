@@ -162,7 +162,7 @@ class Daemon:
 
         s = self.settings
         arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve) if s.shm_size else None
-        self.shm = ShmService(data, arena, Leases(self.clock, s.shm.lease_seconds))
+        self.shm = ShmService(data, arena, Leases(self.clock, s.shm.lease_seconds), int(s.shm.pool_bytes))
         store_pb2_grpc.add_KVBucketShmServicer_to_server(self.shm, self.server)
         if arena is not None:
             self.metrics.registry.register(ShmCollector(self.shm))

@@ -81,7 +81,8 @@ class ShmSettings(BaseModel):
     size: ByteSize = ByteSize(0)  # 0: off, or `auto_size` when unix_socket is set
     auto_size: ByteSize = ByteSize(1 << 30)  # arena size when enabled by a unix socket alone (capped to RAM)
     enabled: bool | None = None  # None: as above; False: never; True: with `size` or `auto_size`
-    lease_seconds: float = 30.0  # an uncommitted reservation or unreleased read is dropped after this
+    lease_seconds: float = 30.0  # an uncommitted reservation, unreleased read or idle slot pool is dropped after this
+    pool_bytes: ByteSize = ByteSize(256 << 20)  # spare slots one client may hold for one-round-trip puts (<= size/4)
     reserve: bool = True  # posix_fallocate the arena at start: no SIGBUS when /dev/shm fills up later
     directory: Path = Path("/dev/shm")
 

@@ -5,7 +5,10 @@ arena-held RAM entries when the arena is full; `fallback` when it still cannot);
 bytes; ShmCommit verifies each slot's xxh3 and stores a record whose payload *is* the slot -- the RAM
 tier keeps it, no copy. Get: ShmGet returns the offsets of the slots holding the entries (an entry
 held outside the arena -- put over gRPC, promoted from NVMe -- is copied into a fresh slot) under a
-lease; the client copies and releases. A lease holds references to its slots; a slot goes back to
+lease; the client copies and releases -- by listing the lease in its next request (`release`), so a
+get costs one round trip. ShmPut is the one-round-trip put: the client holds a *pool* of spare
+slots (a lease of kind "pool", refilled by each ShmPut), writes a chunk into one, and ShmPut
+verifies and stores it and refills the pool. A lease holds references to its slots; a slot goes back to
 the allocator only when nothing refers to it (server/arena.py), so a slot under a read lease is not
 reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
 released expires after `lease_seconds` and drops its references.
@@ -52,10 +55,21 @@ class _Pending:
 class Lease:
     id: int
     tenant: str
-    kind: str  # "put" | "get"
+    kind: str  # "put" | "get" | "pool"
     expires: float
     pending: list[_Pending] = field(default_factory=list)  # put
     held: list[np.ndarray] = field(default_factory=list)  # get
+    spare: dict[int, np.ndarray] = field(default_factory=dict)  # pool: offset -> slot not yet written
+
+    @property
+    def spare_bytes(self) -> int:
+        return sum(len(v) for v in self.spare.values())
+
+    def drop(self) -> None:
+        """Let go of every slot now: a traceback still referring to this lease must not keep them."""
+        self.pending.clear()
+        self.held.clear()
+        self.spare.clear()
 
 
 class Leases:
@@ -80,14 +94,29 @@ class Leases:
         del self._open[lease_id]
         if lease.expires <= self.clock():
             self.expired += 1
+            lease.drop()
             return None
+        return lease
+
+    def renew(self, lease_id: int, tenant: str, kind: str) -> Lease | None:
+        """A live lease of this tenant and kind, kept open for another `seconds`; None as in `take`."""
+        lease = self._open.get(lease_id)
+        if lease is None or lease.tenant != tenant or lease.kind != kind:
+            return None
+        now = self.clock()
+        if lease.expires <= now:
+            del self._open[lease_id]
+            self.expired += 1
+            lease.drop()
+            return None
+        lease.expires = now + self.seconds
         return lease
 
     def sweep(self) -> int:
         now = self.clock()
         dead = [i for i, lease in self._open.items() if lease.expires <= now]
         for i in dead:
-            del self._open[i]  # its slot references go with it
+            self._open.pop(i).drop()
         self.expired += len(dead)
         return len(dead)
 
@@ -96,7 +125,8 @@ class Leases:
 
 
 class ShmService(store_pb2_grpc.KVBucketShmServicer):
-    def __init__(self, data: KVBucketService, arena: Arena | None, leases: Leases) -> None:
+    def __init__(self, data: KVBucketService, arena: Arena | None, leases: Leases,
+                 pool_bytes: int = 256 << 20) -> None:
         self.data = data
         self.store = data.store
         self.metrics = data.metrics
@@ -104,6 +134,8 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.leases = leases
         self.fallbacks = {"put": 0, "get": 0}
         self.copied_in = 0
+        # Spare slots one client's pool may hold: bounded so idle pools cannot starve the arena.
+        self.pool_bytes = min(pool_bytes, arena.size // 4) if arena is not None else 0
         if arena is not None:
             data.allocate = self.put_buffer
 
@@ -136,6 +168,12 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             )
         self.leases.sweep()
         return self.data._caller(context)
+
+    def _release(self, caller, leases) -> None:
+        """Drop the get leases a request lists as done (unknown or expired ones are ignored)."""
+        for lease_id in leases:
+            if (lease := self.leases.take(lease_id, caller.tenant, "get")) is not None:
+                lease.drop()
 
     def _in_arena(self, rec: Record) -> bool:
         return self.arena.offset_of(rec.payload) is not None
@@ -171,6 +209,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
     @rpc("shm_reserve")
     async def ShmReserve(self, request: pb.ShmReserveRequest, context) -> pb.ShmReserveResponse:
         caller = self._begin(context)
+        self._release(caller, request.release)
         if len(request.chunks) > MAX_KEYS:
             raise InvalidArgument(f"{len(request.chunks)} chunks in one call; the limit is {MAX_KEYS}")
         checked = []
@@ -234,6 +273,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
     @rpc("shm_get")
     async def ShmGet(self, request: pb.ShmGetRequest, context) -> pb.ShmGetResponse:
         caller = self._begin(context)
+        self._release(caller, request.release)
         keys = self.data._keys(caller, request.scope, request.hashes)
         chunks: list[pb.ShmChunk] = []
         held: list[np.ndarray] = []
@@ -278,10 +318,74 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.copied_in += 1
         return view
 
+    @rpc("shm_put")
+    async def ShmPut(self, request: pb.ShmPutRequest, context) -> pb.ShmPutResponse:
+        caller = self._begin(context)
+        self._release(caller, request.release)
+        if max(len(request.chunks), len(request.refill)) > MAX_KEYS:
+            raise InvalidArgument(f"more than {MAX_KEYS} chunks or refill slots in one call")
+        if len(request.offsets) != len(request.chunks):
+            raise InvalidArgument(f"{len(request.offsets)} offsets for {len(request.chunks)} chunks")
+        if request.pool:
+            pool = self.leases.renew(request.pool, caller.tenant, "pool")
+            if pool is None:
+                raise FailedPrecondition(
+                    f"slot pool {request.pool} is unknown or expired (lease_seconds {self.leases.seconds}); "
+                    "nothing was stored: open a new pool (pool 0) and put the chunks again"
+                )
+        elif request.chunks:
+            raise InvalidArgument("chunks name slots of a pool: open one first (pool 0, refill only)")
+        else:
+            pool = self.leases.open(caller.tenant, "pool")
+        results = await self._put_from_pool(caller, pool, request) if request.chunks else []
+        return pb.ShmPutResponse(pool=pool.id, results=results, slots=self._refill(pool, request.refill),
+                                 nonce=self.arena.nonce)
+
+    async def _put_from_pool(self, caller, pool: Lease, request: pb.ShmPutRequest) -> list[pb.ChunkResult]:
+        # Every named slot leaves the pool first: whatever fails below, none stays half-used in it.
+        views = [pool.spare.pop(off, None) for off in request.offsets]
+        pending: list[_Pending] = []
+        try:
+            for h, off, view in zip(request.chunks, request.offsets, views, strict=True):
+                if view is None:
+                    raise InvalidArgument(f"offset {off} is not a spare slot of pool {pool.id} (used already?)")
+                if h.codec != pb.CODEC_NONE:
+                    raise InvalidArgument("shared-memory puts carry raw bytes: codec must be CODEC_NONE; use Put")
+                if len(view) != h.raw_length:
+                    raise InvalidArgument(f"the slot at {off} holds {len(view)} bytes, the chunk {h.raw_length}")
+                key, layout = self.data.check_header(caller, h)
+                pending.append(_Pending(key, layout, h, view))
+            views.clear()
+            return list((await self._commit(pending, [h.checksum for h in request.chunks])).results)
+        finally:  # slots not stored go back now, not when a traceback is collected
+            views.clear()
+            view = None  # noqa: F841 - the loop's last slot, held by this frame
+            for p in pending:
+                p.view = None
+
+    def _refill(self, pool: Lease, sizes) -> list[pb.ShmSlot]:
+        slots = []
+        held = pool.spare_bytes
+        for n in sizes:
+            view = None
+            if 0 < n <= self.data.limits.max_chunk_bytes and held + n <= self.pool_bytes:
+                view = self._slot(n)
+            if view is None:
+                slots.append(pb.ShmSlot(fallback=True))
+                continue
+            off = self.arena.offset_of(view)
+            pool.spare[off] = view
+            held += len(view)
+            slots.append(pb.ShmSlot(offset=off, length=len(view)))
+        return slots
+
     @rpc("shm_release")
     async def ShmRelease(self, request: pb.ShmReleaseRequest, context) -> pb.ShmReleaseResponse:
         caller = self._begin(context)
-        return pb.ShmReleaseResponse(released=self.leases.take(request.lease, caller.tenant) is not None)
+        lease = self.leases.take(request.lease, caller.tenant)
+        if lease is not None:
+            lease.drop()
+        return pb.ShmReleaseResponse(released=lease is not None)
 
 
 class ShmCollector:

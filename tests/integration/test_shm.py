@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -211,6 +212,8 @@ def test_client_killed_mid_get_holds_its_slot_until_expiry(shm_daemon, raw):
     data = chunk(1)
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         assert c.put(b"held", data)
+    # (closed: its slot pool went back, so the arena holds only what this test counts)
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         offset = crash_client(shm_daemon, "get", "held")
         assert c.delete([b"held"]) == 1
         s = raw.stats()
@@ -318,3 +321,95 @@ def test_client_attaches_again_after_a_daemon_restart(tmp_path):
         assert metric(d, "kvbucket_shm_slots") == 2  # "b" went by gRPC Put, received into a slot too
     finally:
         d.stop()
+
+
+def requests(d, op: str) -> float:
+    return metric(d, f'kvbucket_server_requests_total{{op="{op}",status="OK"}}')
+
+
+def test_steady_state_is_one_round_trip_per_put_and_per_get(shm_daemon):
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        for i in range(6):
+            assert c.put(b"r%d" % i, chunk(i))
+        for i in range(6):
+            assert bytes(c.get(b"r%d" % i)) == chunk(i)
+        assert requests(shm_daemon, "shm_put") == 7  # one to stock the pool, then one per put
+        assert requests(shm_daemon, "shm_get") == 6
+        for op in ("shm_reserve", "shm_commit", "shm_release", "put", "get"):
+            assert requests(shm_daemon, op) == 0, op
+        # Each get lease is released by the next request: only the last one is still open, plus the pool.
+        assert metric(shm_daemon, "kvbucket_shm_leases") == 2
+        assert metric(shm_daemon, "kvbucket_shm_slots") == 6 + 1  # six entries, one spare slot in the pool
+    # Closing releases the last get lease and the pool.
+    assert requests(shm_daemon, "shm_release") == 2
+    assert metric(shm_daemon, "kvbucket_shm_leases") == 0
+    assert metric(shm_daemon, "kvbucket_shm_slots") == 6
+
+
+def pool_put(raw, pool: int, hashes_offsets, checksums=None, **kw) -> pb.ShmPutResponse:
+    chunks = [raw.header(h, checksum=c) for (h, _), c in
+              zip(hashes_offsets, checksums or [0] * len(hashes_offsets), strict=True)]
+    return raw.stub.ShmPut(pb.ShmPutRequest(pool=pool, chunks=chunks, offsets=[o for _, o in hashes_offsets], **kw))
+
+
+def test_pool_put_faults_store_nothing_and_leak_nothing(shm_daemon, raw):
+    data = chunk(3)
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK, CHUNK]))
+        pool, (a, b) = opened.pool, [s.offset for s in opened.slots]
+        assert pool and raw.stats().slots == 2
+        raw.mm[a : a + CHUNK] = data
+        # A wrong checksum: DATA_LOSS, nothing stored, the slot freed (not back in the pool).
+        with pytest.raises(grpc.RpcError) as e:
+            pool_put(raw, pool, [(b"bad", a)], [checksum(data) ^ 1])
+        assert e.value.code() == grpc.StatusCode.DATA_LOSS
+        assert c.exists([b"bad"]) == [False] and raw.stats().slots == 1
+        # A slot that is not (any more) in the pool, and a chunk of the wrong length: INVALID_ARGUMENT.
+        with pytest.raises(grpc.RpcError) as e:
+            pool_put(raw, pool, [(b"reused", a)], [checksum(data)])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a spare slot" in e.value.details()
+        short = pb.ChunkHeader(scope=raw.scope, hash=b"short", raw_length=CHUNK // 2, payload_length=CHUNK // 2,
+                               dtype=LAYOUT.dtype, shape=[1, 2, 256, 8, 128])
+        with pytest.raises(grpc.RpcError) as e:
+            raw.stub.ShmPut(pb.ShmPutRequest(pool=pool, chunks=[short], offsets=[b]))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "holds" in e.value.details()
+        assert raw.stats().slots == 0 and c.exists([b"reused", b"short"]) == [False, False]
+        # Chunks without a pool, and a pool that is not there.
+        with pytest.raises(grpc.RpcError) as e:
+            pool_put(raw, 0, [(b"x", a)])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:
+            raw.stub.ShmPut(pb.ShmPutRequest(pool=12345, refill=[CHUNK]))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The happy path, then expiry: an idle pool goes with its spare slots.
+        r = raw.stub.ShmPut(pb.ShmPutRequest(pool=pool, refill=[CHUNK, CHUNK]))
+        a, b = [s.offset for s in r.slots]
+        raw.mm[a : a + CHUNK] = data
+        ok = pool_put(raw, pool, [(b"good", a)], [checksum(data)])
+        assert [x.stored for x in ok.results] == [True] and bytes(c.get(b"good")) == data
+        assert raw.stats().slots == 2  # "good", and the spare slot b
+        c.advance_clock(LEASE + 1)
+        s = raw.stats()
+        assert (s.slots, s.leases) == (1, 0)
+        with pytest.raises(grpc.RpcError) as e:
+            pool_put(raw, pool, [(b"late", b)], [checksum(data)])
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_pool_refill_is_bounded_per_client(shm_daemon, raw):
+    # The arena holds 16 chunks; a pool may hold at most a quarter of it.
+    r = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK] * 8))
+    assert [s.fallback for s in r.slots] == [False] * 4 + [True] * 4
+    raw.stub.ShmRelease(pb.ShmReleaseRequest(lease=r.pool))
+    assert raw.stats().slots == 0
+
+
+def test_client_forgets_a_pool_idle_for_half_its_lease():
+    from kvbucket.clients.shm import SlotPool
+
+    pool = SlotPool(lease_seconds=0.2)
+    pool.stock(pb.ShmPutResponse(pool=7, slots=[pb.ShmSlot(offset=4096, length=10)]), time.monotonic())
+    assert pool.take([10, 10]) is None and pool.take([10]) == [4096]
+    pool.stock(pb.ShmPutResponse(pool=7, slots=[pb.ShmSlot(offset=8192, length=10)]), time.monotonic())
+    time.sleep(0.15)
+    assert pool.take([10]) is None and pool.id == 0  # never written into: the daemon may have dropped it
