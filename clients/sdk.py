@@ -15,6 +15,7 @@ shares the connection. Errors are the classes of `kvbucket.core.errors`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -116,6 +117,38 @@ class _Base:
         for i, v in zip(indexes, values, strict=True):
             results[i] = v
         return results
+
+    def _reservation_items(self, items) -> list[tuple[bytes, int, int]]:
+        default_tokens = self.scope.layout.tokens_per_chunk if self.scope.layout else 0
+        return [(it[0], int(it[1]), it[2] if len(it) > 2 else default_tokens) for it in items]
+
+    def _reservation(self, plane, items, resp, commit) -> shm.Reservation:
+        """Views into the reserved slots (local buffers for fallbacks, or for all without a reply)."""
+        views, in_arena = [], []
+        for i, (_, n, _) in enumerate(items):
+            slot = resp.slots[i] if resp is not None else None
+            if slot is not None and not slot.fallback:
+                views.append(plane.view[slot.offset : slot.offset + slot.length])
+                in_arena.append(True)
+            else:
+                views.append(memoryview(bytearray(n)))
+                in_arena.append(False)
+        st = self._shm_state
+        return shm.Reservation(items, views, in_arena, resp.lease if resp is not None else 0, commit,
+                               lambda r: st.defer_release(r.lease))
+
+    @staticmethod
+    def _reserved_results(r: shm.Reservation, commit) -> tuple[list, list[int]]:
+        """Stored flags of the arena slots from ShmCommit, and the indexes to send by Put."""
+        stored: list = [None] * len(r.items)
+        results = iter(commit.results if commit is not None else ())
+        rest = []
+        for i, in_arena in enumerate(r.in_arena):
+            if in_arena:
+                stored[i] = next(results).stored
+            else:
+                rest.append(i)
+        return stored, rest
 
     def _derive(self, cls, **changes):
         other = cls.__new__(cls)
@@ -277,6 +310,57 @@ class Client(AdminMixin, _Base):
             self._call(self._shm.ShmRelease, pb.ShmReleaseRequest(lease=lease))
         except errors.KVBucketError:
             pass  # the lease expires on its own
+
+    def get_views(self, hashes: Sequence[bytes], *, verify: bool = True) -> shm.Views:
+        """The chunks as read-only views of the daemon's shared-memory arena: no copy (None for a miss).
+        Use them inside `with client.get_views(...) as views:`; see `clients.shm.Views`. Over gRPC (or
+        for a chunk the arena cannot hold) the views are of buffers fetched by Get."""
+        plane = self._plane() if hashes else None
+        if plane is None:
+            return shm.Views(self._get_grpc(hashes, None, False))
+        st = self._shm_state
+        req = pb.ShmGetRequest(scope=self.scope.proto(), hashes=hashes, release=st.releases())
+        resp = self._call(self._shm.ShmGet, req)
+        if not st.current(plane, resp.nonce):
+            self._release(resp.lease)
+            return shm.Views(self._get_grpc(hashes, None, False))
+        results: list[memoryview | None] = [None] * len(hashes)
+        try:
+            fallback = plane.views(resp, verify, results)
+        except BaseException:
+            st.defer_release(resp.lease)
+            raise
+        if fallback:
+            self._merge(results, fallback, self._get_grpc([hashes[i] for i in fallback], None, False))
+        return shm.Views(results, functools.partial(st.defer_release, resp.lease))
+
+    def reserve(self, items: Sequence[tuple[bytes, int] | tuple[bytes, int, int]], *, ttl_seconds: float = 0.0,
+                ttl_sliding: bool = False, pin: bool = False) -> shm.Reservation:
+        """Buffers to write `(hash, nbytes[, tokens])` chunks into, in place, then `commit()`: slots of
+        the daemon's arena when attached (a GPU kernel can write there directly), else local buffers
+        sent by Put. See `clients.shm.Reservation`."""
+        norm, opts = self._reservation_items(items), dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
+        plane = self._plane() if self.codec is Codec.NONE else None
+        resp = None
+        if plane is not None:
+            st = self._shm_state
+            req = pb.ShmReserveRequest(chunks=shm.reservation_headers(self.scope.proto(), norm, **opts),
+                                       release=st.releases())
+            resp = self._call(self._shm.ShmReserve, req)
+            if not st.current(plane, resp.nonce):
+                self._release(resp.lease)
+                resp = None
+        return self._reservation(plane, norm, resp, functools.partial(self._commit_reserved, opts=opts))
+
+    def _commit_reserved(self, r: shm.Reservation, opts: dict) -> list[bool]:
+        commit = None
+        if r.lease:
+            commit = self._call(self._shm.ShmCommit, pb.ShmCommitRequest(lease=r.lease, checksums=r.checksums()))
+        stored, rest = self._reserved_results(r, commit)
+        if rest:
+            self._merge(stored, rest, self._put_grpc([(r.items[i][0], r.views[i], r.items[i][2]) for i in rest],
+                                                     **opts))
+        return stored
 
     def shm_region(self) -> memoryview | None:
         """The mapped shared-memory arena (to `clients.shm.register_with_cuda`), or None over gRPC."""
@@ -489,6 +573,53 @@ class AsyncClient(_Base):
             await self._call(self._shm.ShmRelease, pb.ShmReleaseRequest(lease=lease))
         except errors.KVBucketError:
             pass  # the lease expires on its own
+
+    async def get_views(self, hashes: Sequence[bytes], *, verify: bool = True) -> shm.Views:
+        """As Client.get_views."""
+        plane = await self._plane() if hashes else None
+        if plane is None:
+            return shm.Views(await self._get_grpc(hashes, None, False))
+        st = self._shm_state
+        req = pb.ShmGetRequest(scope=self.scope.proto(), hashes=hashes, release=st.releases())
+        resp = await self._call(self._shm.ShmGet, req)
+        if not st.current(plane, resp.nonce):
+            await self._release(resp.lease)
+            return shm.Views(await self._get_grpc(hashes, None, False))
+        results: list[memoryview | None] = [None] * len(hashes)
+        try:
+            fallback = plane.views(resp, verify, results)
+        except BaseException:
+            st.defer_release(resp.lease)
+            raise
+        if fallback:
+            self._merge(results, fallback, await self._get_grpc([hashes[i] for i in fallback], None, False))
+        return shm.Views(results, functools.partial(st.defer_release, resp.lease))
+
+    async def reserve(self, items: Sequence[tuple[bytes, int] | tuple[bytes, int, int]]) -> shm.Reservation:
+        """As Client.reserve; `await reservation.commit()`."""
+        norm = self._reservation_items(items)
+        plane = await self._plane() if self.codec is Codec.NONE else None
+        resp = None
+        if plane is not None:
+            st = self._shm_state
+            req = pb.ShmReserveRequest(chunks=shm.reservation_headers(self.scope.proto(), norm),
+                                       release=st.releases())
+            resp = await self._call(self._shm.ShmReserve, req)
+            if not st.current(plane, resp.nonce):
+                await self._release(resp.lease)
+                resp = None
+        return self._reservation(plane, norm, resp, self._commit_reserved)
+
+    async def _commit_reserved(self, r: shm.Reservation) -> list[bool]:
+        commit = None
+        if r.lease:
+            commit = await self._call(self._shm.ShmCommit,
+                                      pb.ShmCommitRequest(lease=r.lease, checksums=r.checksums()))
+        stored, rest = self._reserved_results(r, commit)
+        if rest:
+            self._merge(stored, rest, await self._put_grpc([(r.items[i][0], r.views[i], r.items[i][2])
+                                                            for i in rest]))
+        return stored
 
     async def shm_region(self) -> memoryview | None:
         plane = await self._plane()

@@ -92,6 +92,23 @@ class ShmPlane:
             results[c.index] = dst
         return fallback
 
+    def views(self, resp: pb.ShmGetResponse, verify: bool, results: list) -> list[int]:
+        """Read-only views of the held chunks into `results` (verified unless told not to); the indexes
+        to fetch by Get. The views are valid while the lease is held."""
+        fallback = []
+        for c in resp.chunks:
+            if c.miss:
+                continue
+            if c.fallback:
+                fallback.append(c.index)
+                continue
+            h = c.header
+            mv = self.view[c.offset : c.offset + h.raw_length].toreadonly()
+            if verify and checksum(mv) != h.checksum:
+                raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum in shared memory")
+            results[c.index] = mv
+        return fallback
+
     def close(self) -> None:
         try:
             self.view.release()
@@ -128,6 +145,90 @@ def reserve_request(scope: pb.Scope, items, **opts) -> tuple[pb.ShmReserveReques
     """ShmReserve for `(hash, payload, tokens)` items, and the raw byte views to write."""
     chunks, raws = chunk_headers(scope, items, **opts)
     return pb.ShmReserveRequest(chunks=chunks), raws
+
+
+class Views:
+    """Chunks of a `get_views` call: read-only views of the daemon's arena (no copy), or buffers fetched
+    by Get where the arena could not hold them. Valid until `close()` (or the end of the `with`
+    block): the daemon keeps their slots from reuse until then -- and drops them after lease_seconds
+    regardless, so do not hold views for long."""
+
+    def __init__(self, views: list, on_close=None) -> None:
+        self._views = views
+        self._on_close = on_close
+
+    def __getitem__(self, i: int) -> memoryview | None:
+        return self._views[i]
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def close(self) -> None:
+        views, self._views = self._views, []
+        for mv in views:
+            if mv is not None:
+                try:
+                    mv.release()
+                except BufferError:  # something made from the view (a tensor) is still alive
+                    pass
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> Views:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Reservation:
+    """Writable buffers for chunks, stored by `commit()`: slots of the daemon's arena when the client is
+    attached (write there directly -- a GPU kernel can, after `register_with_cuda(client.shm_region())`),
+    else local buffers sent by Put at commit. A slot the daemon had no room for is a local buffer too.
+
+    Write every buffer fully, then `commit()` once; `abort()` (or leaving a `with` block without a
+    commit) stores nothing. Commit within the daemon's lease_seconds: after that the slots may belong to
+    someone else, and commit raises FailedPrecondition."""
+
+    def __init__(self, items: list[tuple[bytes, int, int]], views: list[memoryview], in_arena: list[bool],
+                 lease: int, commit, abort) -> None:
+        self.items = items  # (hash, nbytes, tokens)
+        self.views = views
+        self.in_arena = in_arena
+        self.lease = lease
+        self._commit = commit
+        self._abort = abort
+        self.done = False
+
+    def checksums(self) -> list[int]:
+        return [checksum(v) if a else 0 for v, a in zip(self.views, self.in_arena, strict=True)]
+
+    def commit(self) -> list[bool]:
+        if self.done:
+            raise errors.FailedPrecondition("this reservation was already committed or aborted")
+        self.done = True
+        return self._commit(self)
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            self._abort(self)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+def reservation_headers(scope: pb.Scope, items: list[tuple[bytes, int, int]], **opts) -> list[pb.ChunkHeader]:
+    layout = scope.layout
+    return [pb.ChunkHeader(scope=scope, hash=h, codec=pb.CODEC_NONE, raw_length=n, payload_length=n, tokens=t,
+                           dtype=layout.dtype, shape=layout.shape, **opts) for h, n, t in items]
 
 
 def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,

@@ -170,9 +170,9 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         return self.data._caller(context)
 
     def _release(self, caller, leases) -> None:
-        """Drop the get leases a request lists as done (unknown or expired ones are ignored)."""
+        """Drop the leases a request lists as done (unknown or expired ones are ignored)."""
         for lease_id in leases:
-            if (lease := self.leases.take(lease_id, caller.tenant, "get")) is not None:
+            if (lease := self.leases.take(lease_id, caller.tenant)) is not None:
                 lease.drop()
 
     def _in_arena(self, rec: Record) -> bool:

@@ -4,6 +4,12 @@ Loads are synchronous (before the forward pass): one Get stream for every chunk 
 received straight into chunk tensors, then scattered into the blocks. Saves gather the blocks into
 chunk tensors right after the forward pass (one copy, so vLLM may reuse the blocks at once) and a
 background thread writes them; when saves fall behind, new ones are dropped and counted.
+
+In place, when the client is attached to the daemon's shared-memory arena (a `kvbucket+unix://`
+URL): loads scatter straight from read-only views of the arena (`Client.get_views`), saves gather
+straight into reserved arena slots (`Client.reserve`) and the background thread only commits them.
+Either way is one copy of the bytes; on a GPU, with the arena registered for CUDA
+(`register_with_cuda`), that copy is the device <-> host DMA.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -68,6 +75,13 @@ class Transfer:
         self._max_pending = max_pending_saves
         self._free: list[torch.Tensor] = []  # chunk buffers to reuse
         self.dropped_saves = 0
+        self.in_place = client.shm_region() is not None
+
+    def _tensor(self, view) -> torch.Tensor:
+        """A chunk tensor over `view` (an arena slot or view): no copy."""
+        with warnings.catch_warnings():  # read-only views: torch warns, the tensor is only read from
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(view, dtype=self.layers[0].dtype).view(self.layout.shape)
 
     def _check(self, layout: Layout) -> bool:
         probe = gather_blocks(self.layers, [0], self.paged_layout)
@@ -97,6 +111,9 @@ class Transfer:
         if not self.enabled or not self.breaker.allow():
             self._fail(specs)
             return
+        if self.in_place:
+            self._load_in_place(specs)
+            return
         chunks = [self._take() for _ in specs]
         try:
             got = self.client.get_many([s.key for s in specs], out=chunks)
@@ -106,18 +123,35 @@ class Transfer:
             self._give(chunks)
             return
         self.breaker.success()
-        device = self.layers[0].device
         try:
             for spec, chunk, result in zip(specs, chunks, got):
                 if result is None:  # evicted since the lookup
                     self._fail([spec])
                     continue
-                bs = self.planner.block_size
-                part = chunk[:, :, spec.skip * bs :] if spec.skip else chunk
-                scatter_blocks(part.to(device).contiguous(), self.layers, list(spec.block_ids[spec.skip :]),
-                               self.paged_layout)
+                self._scatter(spec, chunk)
         finally:
             self._give(chunks)
+
+    def _load_in_place(self, specs: list[LoadSpec]) -> None:
+        try:
+            views = self.client.get_views([s.key for s in specs])
+        except Exception as exc:
+            self.breaker.failure("load", exc)
+            self._fail(specs)
+            return
+        self.breaker.success()
+        with views:
+            for spec, view in zip(specs, views):
+                if view is None:
+                    self._fail([spec])
+                    continue
+                self._scatter(spec, self._tensor(view))
+
+    def _scatter(self, spec: LoadSpec, chunk: torch.Tensor) -> None:
+        bs = self.planner.block_size
+        part = chunk[:, :, spec.skip * bs :] if spec.skip else chunk
+        scatter_blocks(part.to(self.layers[0].device).contiguous(), self.layers, list(spec.block_ids[spec.skip :]),
+                       self.paged_layout)
 
     def _fail(self, specs: list[LoadSpec]) -> None:
         for s in specs:
@@ -138,18 +172,37 @@ class Transfer:
                 self.dropped_saves += len(specs)
                 log.debug("kvbucket: %d saves pending, dropping %d chunks", len(self._pending), len(specs))
                 return
-        items = []
-        on_cpu = self.layers[0].device.type == "cpu"
-        for spec in specs:
-            host = self._take()
-            if on_cpu:
-                gather_blocks(self.layers, list(spec.block_ids), self.paged_layout, out=host)
-            else:  # gather on the device in one launch, then one copy to host memory
-                host.copy_(gather_blocks(self.layers, list(spec.block_ids), self.paged_layout))
-            items.append((spec.key, host))
-        future = self._saver.submit(self._write, items)
+        if self.in_place:
+            try:
+                reservation = self.client.reserve([(s.key, self.layout.chunk_bytes) for s in specs])
+            except Exception as exc:
+                self.breaker.failure("save", exc)
+                return
+            for spec, view in zip(specs, reservation.views):
+                self._gather(spec, self._tensor(view))
+            future = self._saver.submit(self._commit, reservation)
+        else:
+            items = []
+            for spec in specs:
+                items.append((spec.key, self._gather(spec, self._take())))
+            future = self._saver.submit(self._write, items)
         with self._lock:
             self._pending.add(future)
+
+    def _gather(self, spec: StoreSpec, host: torch.Tensor) -> torch.Tensor:
+        if self.layers[0].device.type == "cpu":
+            gather_blocks(self.layers, list(spec.block_ids), self.paged_layout, out=host)
+        else:  # gather on the device in one launch, then one copy to host memory
+            host.copy_(gather_blocks(self.layers, list(spec.block_ids), self.paged_layout))
+        return host
+
+    def _commit(self, reservation) -> None:
+        try:
+            reservation.commit()
+            self.breaker.success()
+        except Exception as exc:
+            reservation.abort()
+            self.breaker.failure("save", exc)
 
     def _write(self, items: list[tuple[bytes, torch.Tensor]]) -> None:
         try:

@@ -19,6 +19,7 @@ import pytest
 
 from kvbucket import Client, Layout
 from kvbucket.clients.sdk import AsyncClient
+from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 from kvbucket.proto import store_pb2_grpc
@@ -413,3 +414,90 @@ def test_client_forgets_a_pool_idle_for_half_its_lease():
     pool.stock(pb.ShmPutResponse(pool=7, slots=[pb.ShmSlot(offset=8192, length=10)]), time.monotonic())
     time.sleep(0.15)
     assert pool.take([10]) is None and pool.id == 0  # never written into: the daemon may have dropped it
+
+
+def test_get_views_are_zero_copy_read_only_and_released(shm_daemon, raw):
+    data = [chunk(20), chunk(21)]
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put_many([(b"v0", data[0]), (b"v1", data[1])]) == [True, True]
+        with c.get_views([b"v0", b"nope", b"v1"]) as views:
+            assert bytes(views[0]) == data[0] and views[1] is None and bytes(views[2]) == data[1]
+            assert views[0].readonly
+            with pytest.raises(TypeError):
+                views[0][0] = 1
+            # The view *is* the arena: a byte changed there shows through (no copy was made).
+            offset = raw.stub.ShmGet(pb.ShmGetRequest(scope=raw.scope, hashes=[b"v0"])).chunks[0].offset
+            assert np.frombuffer(views[0], np.uint8).ctypes.data == \
+                np.frombuffer(c.shm_region(), np.uint8).ctypes.data + offset
+            kept = views[0]
+        with pytest.raises(ValueError):
+            bytes(kept)  # released with the block
+        # A corrupted slot is caught by the verification (on by default).
+        raw.mm[offset] ^= 0xFF
+        with pytest.raises(DataLoss):
+            c.get_views([b"v0"])
+        raw.mm[offset] ^= 0xFF
+        with c.get_views([b"v0"]) as views:
+            assert bytes(views[0]) == data[0]
+        assert c.exists([b"v0"]) == [True]  # the next request released the lease
+        assert requests(shm_daemon, "get") == 0
+    assert metric(shm_daemon, "kvbucket_shm_leases") == 1  # the raw ShmGet above, never released
+
+
+def test_get_views_over_grpc_are_views_of_fetched_buffers(shm_daemon):
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as c:
+        assert c.put(b"g", chunk(30))
+        with c.get_views([b"g", b"missing"]) as views:
+            assert bytes(views[0]) == chunk(30) and views[1] is None
+    assert requests(shm_daemon, "get") == 1
+
+
+def test_reserve_write_in_place_commit(shm_daemon):
+    data = chunk(40)
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        with c.reserve([(b"in-place", CHUNK), (b"other", CHUNK)]) as r:
+            assert all(r.in_arena) and all(not v.readonly for v in r.views)
+            np.frombuffer(r.views[0], np.uint8)[:] = np.frombuffer(data, np.uint8)  # e.g. a kernel's write
+            r.views[1][:] = chunk(41)
+            assert r.commit() == [True, True]
+        assert bytes(c.get(b"in-place")) == data and bytes(c.get(b"other")) == chunk(41)
+        with pytest.raises(FailedPrecondition):
+            r.commit()
+        # An aborted reservation stores nothing and its slots go back.
+        with c.reserve([(b"aborted", CHUNK)]) as r:
+            r.views[0][:] = data
+        assert c.exists([b"aborted"]) == [False]
+        # Too slow: the lease expired, the slots may be someone else's now.
+        r = c.reserve([(b"late", CHUNK)])
+        c.advance_clock(LEASE + 1)
+        with pytest.raises(FailedPrecondition):
+            r.commit()
+        # Bad input is refused at reservation, as Put refuses it.
+        with pytest.raises(InvalidArgument):
+            c.reserve([(b"short", CHUNK - 1)])
+    assert requests(shm_daemon, "put") == 0
+    assert metric(shm_daemon, "kvbucket_shm_leases") == 0
+    assert metric(shm_daemon, "kvbucket_shm_slots") == 2
+
+
+def test_reserve_without_shared_memory_sends_by_put(shm_daemon):
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as c:
+        with c.reserve([(b"tcp", CHUNK)]) as r:
+            assert r.in_arena == [False]
+            r.views[0][:] = chunk(50)
+            assert r.commit() == [True]
+        assert bytes(c.get(b"tcp")) == chunk(50)
+    assert requests(shm_daemon, "put") == 1
+
+
+def test_async_views_and_reservations(shm_daemon):
+    async def main() -> None:
+        async with AsyncClient(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+            r = await c.reserve([(b"a-res", CHUNK)])
+            r.views[0][:] = chunk(60)
+            assert await r.commit() == [True]
+            with await c.get_views([b"a-res"]) as views:
+                assert bytes(views[0]) == chunk(60)
+
+    asyncio.run(main())
+    assert requests(shm_daemon, "put") == requests(shm_daemon, "get") == 0

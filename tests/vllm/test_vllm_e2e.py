@@ -174,3 +174,40 @@ def test_corrupt_chunk_in_the_bucket_is_never_served(vllm_python, tiny_model, tm
 def test_daemon_down_vllm_keeps_serving(vllm_python, tiny_model):
     out = run_vllm(vllm_python, tiny_model, [PROMPTS["p100"]], "kvbucket://127.0.0.1:1")
     assert out[0]["num_cached_tokens"] == 0 and len(out[0]["token_ids"]) == 8
+
+
+def requests_by_op(d) -> dict[str, float]:
+    text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kvbucket_server_requests_total{"):
+            op = line.split('op="', 1)[1].split('"', 1)[0]
+            out[op] = out.get(op, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_same_host_instances_move_kv_in_place_through_shared_memory(vllm_python, tiny_model, tmp_path):
+    """Over a unix socket the connector gathers into reserved arena slots and scatters from arena views."""
+    d = start_daemon(tmp_path, "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "64MiB")
+    try:
+        url = d.info["unix_url"]
+        prompt = [PROMPTS["p100"]]
+        first = run_vllm(vllm_python, tiny_model, prompt, url)
+        assert first[0]["num_cached_tokens"] == 0
+        second = run_vllm(vllm_python, tiny_model, prompt, url)
+        assert second[0]["num_cached_tokens"] == expected_cached(100)
+        assert second[0]["token_ids"] == first[0]["token_ids"]
+        ops = requests_by_op(d)
+        assert ops.get("shm_commit", 0) > 0 and ops.get("shm_get", 0) > 0
+        assert ops.get("put", 0) == 0 and ops.get("get", 0) == 0  # no chunk byte went through gRPC
+
+        # The hit is real: other (valid) KV in the arena changes the output.
+        model = sanitize_name(f"{tiny_model}@main")
+        listing = Client(d.url, layout=LAYOUT).list_entries(namespace="default", model=model, page_size=1000)
+        with Client(url, model=model, layout=LAYOUT) as c:
+            assert all(c.put_many([(e.hash, os.urandom(LAYOUT.chunk_bytes)) for e in listing.entries]))
+        poisoned = run_vllm(vllm_python, tiny_model, prompt, url)
+        assert poisoned[0]["num_cached_tokens"] == expected_cached(100)
+        assert poisoned[0]["token_ids"] != first[0]["token_ids"]
+    finally:
+        d.stop()
