@@ -6,8 +6,9 @@ One run, same payloads for every system:
     connector (`CreateConnector("lm://...")` with a CPU `LocalCPUBackend`), what an LMCache user runs;
   - memcpy into a warm buffer and Python loopback TCP (sendall / recv_into, 4 MiB) as ceilings;
   - the same daemon through its unix socket: `kvbucket unix-socket gRPC` (Client(..., shm=False)) and
-    `kvbucket shm` (the shared-memory arena, `--shm-size`), plus, for 2 MiB chunks, shm with 16 chunks
-    per put_many / get_many call.
+    `kvbucket shm` (the shared-memory arena, `--shm-size`): put (one ShmPut round trip through the
+    client's slot pool), get into a buffer (one ShmGet round trip, copy out, verify), and get_views
+    (a verified read-only view, no copy); for 2 MiB chunks also 16 chunks per put_many / get_many.
 
 Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
 Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
@@ -16,8 +17,9 @@ fresh keys each round; within a round every system makes its pass before the nex
 load from other jobs on a shared machine falls on all of them alike. Throughput is bytes / wall time
 of a whole pass (GB = 1e9 bytes); p50/p99 are per chunk (16 chunks x 3 rounds: p99 is about the
 max). CPU s/GB is user+system time of the client process plus the server process over the pass, per
-GB moved. Every key is new, so both servers fault in fresh memory for what they store, as a cache
-that is still filling does.
+GB moved. Every key is new. LMCache's server faults in fresh memory for what it stores; kvbucket's
+daemon runs with a pre-faulted arena (`--shm-size`, what a same-host deployment has), and its gRPC
+Put receives into free arena slots too -- a daemon without an arena allocates per put, as LMCache does.
 
 LMCache's PUT has no reply: its per-chunk time is the client's send; the pass ends when an EXIST
 round trip on the last key succeeds (the server handles one connection in order), so the pass
@@ -253,6 +255,22 @@ class KVSide:
                 raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
         return m
 
+    def get_view_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
+        """Client.get_views: a verified read-only view of the arena (no copy), compared after the pass."""
+        hashes = kv_hashes(tag, len(payloads))
+        with Meter(self.server) as m:
+            for h in hashes:
+                t0 = time.perf_counter()
+                with self.kv.get_views([h]) as views:
+                    if views[0] is None:
+                        raise RuntimeError("kvbucket missed a chunk it stored")
+                    m.item(t0, len(views[0]))
+        for i, (h, p) in enumerate(zip(hashes, payloads)):
+            with self.kv.get_views([h]) as views:
+                if views[0] != memoryview(p).cast("B"):
+                    raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
+        return m
+
     def put_many_pass(self, tag: str, payloads: list[np.ndarray], batch: int) -> Meter:
         """`batch` chunks per put_many call; per-item latency is the call's time (one sample per call)."""
         hashes = kv_hashes(tag, len(payloads))
@@ -434,6 +452,8 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
             record(name, "PUT", side.put_pass(stag, payloads))
             record(name, "GET", side.get_pass(stag, len(payloads)))
             record(name, "GET into", side.get_into_pass(stag, payloads))
+            if name == SHM:
+                record(name, "GET view", side.get_view_pass(stag, payloads))
             if name == SHM and len(payloads) >= 64:  # small chunks: the per-call cost, amortized
                 record(name, f"PUT x{BATCH}", side.put_many_pass(f"{stag}-b", payloads, BATCH))
                 record(name, f"GET into x{BATCH}", side.get_many_into_pass(f"{stag}-b", payloads, BATCH))
@@ -444,6 +464,7 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         ("kvbucket", "GET into"): "warm caller buffer",
         ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
         ("lmcache", "GET"): "into LMCache's allocator",
+        (SHM, "GET view"): "get_views: read-only view of the arena, xxh3-verified, no copy",
         (SHM, f"PUT x{BATCH}"): f"put_many of {BATCH}; p50/p99 per call",
         (SHM, f"GET into x{BATCH}"): f"get_many of {BATCH} into warm buffers; p50/p99 per call",
     }
@@ -536,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frame", type=int, default=None, help="kvbucket frame bytes (default: the SDK's)")
     ap.add_argument("--max-seconds", type=float, default=180, help="stop adding rounds after this (default 180)")
     ap.add_argument("--skip-lmcache", action="store_true")
-    ap.add_argument("--shm-size", default="4GiB", help="the daemon's shared-memory arena (default 4GiB)")
+    ap.add_argument("--shm-size", default="8GiB", help="the daemon's arena (default 8GiB: the whole RAM tier)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
 

@@ -16,6 +16,7 @@ shares the connection. Errors are the classes of `kvbucket.core.errors`.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from kvbucket.clients import shm, wire
+from kvbucket.clients import fastwire, shm, wire
 from kvbucket.clients.admin import AdminMixin
 from kvbucket.clients.url import Endpoint, parse_url
 from kvbucket.clients.wire import LookupResult
@@ -85,6 +86,7 @@ class _Base:
         self._shm_state = shm.Attachment(self.endpoint.unix if shm_wanted is None else shm_wanted)
         self.scope = _Scope(namespace if namespace is not None else self.endpoint.namespace, model, layout)
         token = token or self.endpoint.token
+        self._token = token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.codec = Codec.parse(codec)
@@ -165,15 +167,18 @@ class Client(AdminMixin, _Base):
 
     `shm`: move chunk bytes through the daemon's shared-memory arena (same host only; see clients/shm.py).
     None (default): when the URL is a unix socket. Falls back to gRPC streaming when the arena is
-    unavailable (logged once)."""
+    unavailable (logged once).
+    `fast`: send the data-plane calls over the daemon's fast wire (clients/fastwire.py) when it offers
+    one; default on without TLS. False: gRPC only."""
 
     def __init__(self, url: str, *, namespace: str | None = None, model: str = "default",
                  layout: Layout | None = None, token: str | None = None, timeout: float = 30.0,
                  codec: Codec | str = Codec.NONE, frame_bytes: int = wire.DEFAULT_FRAME,
-                 shm: bool | None = None) -> None:
+                 shm: bool | None = None, fast: bool | None = None) -> None:
         super().__init__(url, namespace=namespace, model=model, layout=layout, token=token, timeout=timeout,
                          codec=codec, frame_bytes=frame_bytes, shm_wanted=shm)
         ep = self.endpoint
+        self._dialer = fastwire.Dialer(not ep.tls if fast is None else fast and not ep.tls)
         self._channel = (
             grpc.secure_channel(ep.target, _credentials(ep), CHANNEL_OPTIONS) if ep.tls
             else grpc.insecure_channel(ep.target, CHANNEL_OPTIONS)
@@ -182,14 +187,43 @@ class Client(AdminMixin, _Base):
         self._shm = store_pb2_grpc.KVBucketShmStub(self._channel)
         self._put, self._get = _data_methods(self._channel)
         self.admin = admin_pb2_grpc.AdminStub(self._channel)
+        st, sh, M = self._stub, self._shm, fastwire.Method
+        self._fast_routes = {id(m): (code, reply) for m, code, reply in (
+            (st.Lookup, M.LOOKUP, pb.LookupResponse), (st.Exists, M.EXISTS, pb.ExistsResponse),
+            (st.Delete, M.DELETE, pb.DeleteResponse), (sh.ShmAttach, M.SHM_ATTACH, pb.ShmAttachResponse),
+            (sh.ShmReserve, M.SHM_RESERVE, pb.ShmReserveResponse), (sh.ShmCommit, M.SHM_COMMIT, pb.ShmCommitResponse),
+            (sh.ShmGet, M.SHM_GET, pb.ShmGetResponse), (sh.ShmRelease, M.SHM_RELEASE, pb.ShmReleaseResponse),
+            (sh.ShmPut, M.SHM_PUT, pb.ShmPutResponse),
+        )}
+
+    def _fast(self) -> fastwire.Dialer | None:
+        """The fast wire, if the daemon offers one and it is reachable (asked with Hello on first use)."""
+        d = self._dialer
+        if d.due():
+            with _ATTACH_LOCK:
+                if d.due():
+                    try:
+                        hello = self._stub.Hello(pb.HelloRequest(), timeout=self.timeout, metadata=self._metadata)
+                    except grpc.RpcError:
+                        hello = None  # an older daemon, or unreachable now: gRPC, and ask again later
+                    d.learn(hello, self.endpoint.host, self.endpoint.unix)
+        return d if d.address is not None else None
 
     def scoped(self, *, namespace: str | None = None, model: str | None = None, layout: Layout | None = None) -> Client:
         changes = {k: v for k, v in dict(namespace=namespace, model=model, layout=layout).items() if v is not None}
         return self._derive(Client, **changes)
 
     def _call(self, method, request, timeout: float | None = None):
+        timeout = timeout or self.timeout
+        route = self._fast_routes.get(id(method))
+        if route is not None and (d := self._fast()) is not None:
+            try:
+                with d.conn(self._token, timeout) as c:
+                    return c.unary(route[0], request, route[1], timeout)
+            except fastwire.Broken:
+                pass  # this call goes by gRPC
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise wire.translate(exc) from None
 
@@ -286,8 +320,21 @@ class Client(AdminMixin, _Base):
         return stored
 
     def _put_grpc(self, items: Iterable, **opts) -> list[bool]:
-        stream = wire.put_stream(self.scope.proto(), items, codec=self.codec, frame=self.frame_bytes, **opts)
-        return [r.stored for r in self._call(self._put, stream).results]
+        """Put over the fast wire when there is one, else (or from where it broke) a gRPC Put stream."""
+        pairs = wire.put_items(self.scope.proto(), items, codec=self.codec, **opts)
+        stored: list[bool] = []
+        if (d := self._fast()) is not None:
+            for header, payload in pairs:
+                try:
+                    with d.conn(self._token, self.timeout) as c:
+                        stored.append(c.put(header, payload, self.timeout).stored)
+                except fastwire.Broken:  # the rest, this one included, by gRPC (each item is read once)
+                    pairs = itertools.chain([(header, payload)], pairs)
+                    break
+            else:
+                return stored
+        stream = wire.put_stream(pairs, frame=self.frame_bytes)
+        return stored + [r.stored for r in self._call(self._put, stream).results]
 
     def _plane(self) -> shm.ShmPlane | None:
         st = self._shm_state
@@ -396,9 +443,16 @@ class Client(AdminMixin, _Base):
         return results
 
     def _get_grpc(self, hashes: Sequence[bytes], out: list | None, stop_at_first_miss: bool) -> list:
-        asm = wire.GetAssembler(len(hashes), out)
+        """Get over the fast wire when there is one, else a gRPC Get stream."""
         req = pb.GetRequest(scope=self.scope.proto(), hashes=hashes, frame_bytes=self.frame_bytes,
                             stop_at_first_miss=stop_at_first_miss)
+        if (d := self._fast()) is not None:
+            try:
+                with d.conn(self._token, self.timeout) as c:
+                    return c.get(req, out, self.timeout)
+            except fastwire.Broken:
+                pass
+        asm = wire.GetAssembler(len(hashes), out)
         try:
             for msg in self._get(req, timeout=self.timeout, metadata=self._metadata):
                 asm.feed(msg)
@@ -423,6 +477,7 @@ class Client(AdminMixin, _Base):
         for lease in self._shm_state.leases_to_close():
             self._release(lease)
         self._shm_state.close()
+        self._dialer.close()
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -552,7 +607,8 @@ class AsyncClient(_Base):
         return stored
 
     async def _put_grpc(self, items: Iterable) -> list[bool]:
-        stream = wire.put_stream(self.scope.proto(), items, codec=self.codec, frame=self.frame_bytes)
+        pairs = wire.put_items(self.scope.proto(), items, codec=self.codec)
+        stream = wire.put_stream(pairs, frame=self.frame_bytes)
         return [r.stored for r in (await self._call(self._put, stream)).results]
 
     async def _plane(self) -> shm.ShmPlane | None:

@@ -24,6 +24,11 @@ class Endpoint:
     token: str | None = None
     unix: bool = False
 
+    @property
+    def host(self) -> str:
+        """The host of a TCP endpoint (no brackets), for connecting a plain socket to it."""
+        return self.target.rsplit(":", 1)[0].strip("[]")
+
 
 def parse_url(url: str) -> Endpoint:
     parts = urlsplit(url)

@@ -40,10 +40,24 @@ class RemoteError(errors.KVBucketError):
 
 def translate(exc: grpc.RpcError) -> errors.KVBucketError:
     """The core error class for a gRPC status, carrying the daemon's message and the code."""
-    code = exc.code()
-    err = _ERRORS.get(code, RemoteError)(exc.details() or code.name)
+    return error_for(exc.code(), exc.details())
+
+
+def error_for(code: grpc.StatusCode, details: str | None) -> errors.KVBucketError:
+    err = _ERRORS.get(code, RemoteError)(details or code.name)
     err.code = code
     return err
+
+
+def target_buffer(out: list | None, index: int, n: int) -> memoryview:
+    """Where chunk `index` of a get lands: the caller's buffer (checked for size), or a fresh one."""
+    target = out[index] if out is not None else None
+    if target is None:
+        return memoryview(bytearray(n))
+    mv = as_bytes(target)
+    if len(mv) < n:
+        raise errors.InvalidArgument(f"output buffer {index} holds {len(mv)} bytes, chunk is {n}")
+    return mv[:n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +86,11 @@ def as_bytes(data) -> memoryview:
     return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
 
 
-def put_stream(
-    scope: pb.Scope, items: Iterable[tuple[bytes, object, int]], *, codec: Codec, frame: int,
+def put_items(
+    scope: pb.Scope, items: Iterable[tuple[bytes, object, int]], *, codec: Codec,
     ttl_seconds: float = 0.0, ttl_sliding: bool = False, pin: bool = False,
-) -> Iterator[pb.PutRequest]:
-    """header, data*, header, data*, ... for `(hash, payload, tokens)` items."""
+) -> Iterator[tuple[pb.PutRequest, memoryview]]:
+    """(PutRequest{header}, payload) for `(hash, payload, tokens)` items, each read when asked for."""
     layout = scope.layout
     typesize = DTYPE_SIZES.get(layout.dtype, 1)
     for h, data, tokens in items:
@@ -86,7 +100,13 @@ def put_stream(
             scope=scope, hash=h, codec=int(codec), raw_length=len(raw), payload_length=len(payload),
             checksum=checksum(raw), tokens=tokens, dtype=layout.dtype, shape=layout.shape,
             ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin,
-        ))
+        )), payload
+
+
+def put_stream(pairs: Iterable[tuple[pb.PutRequest, memoryview]], *, frame: int) -> Iterator[pb.PutRequest]:
+    """header, data*, header, data*, ... for the (header, payload) pairs of `put_items`."""
+    for header, payload in pairs:
+        yield header
         for off in range(0, len(payload), frame):
             yield data_frame(payload[off : off + frame])
 
@@ -123,16 +143,7 @@ class GetAssembler:
         if part == "header":
             h = msg.header
             self._header = h
-            target = self._out[h.index] if self._out is not None else None
-            if target is not None:
-                mv = as_bytes(target)
-                if len(mv) < h.raw_length:
-                    raise errors.InvalidArgument(
-                        f"output buffer {h.index} holds {len(mv)} bytes, chunk is {h.raw_length}"
-                    )
-                self._buf = mv[: h.raw_length]
-            else:
-                self._buf = memoryview(bytearray(h.raw_length))
+            self._buf = target_buffer(self._out, h.index, h.raw_length)
             self._filled = 0
         elif part == "data":
             self._data(msg.data)

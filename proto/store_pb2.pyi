@@ -179,6 +179,20 @@ class DeleteResponse(_message.Message):
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
+class HelloRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HelloResponse(_message.Message):
+    __slots__ = ("version", "fast_port", "fast_unix")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FAST_PORT_FIELD_NUMBER: _ClassVar[int]
+    FAST_UNIX_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    fast_port: int
+    fast_unix: str
+    def __init__(self, version: _Optional[str] = ..., fast_port: _Optional[int] = ..., fast_unix: _Optional[str] = ...) -> None: ...
+
 class ShmAttachRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class KVBucketStub(object):
                 request_serializer=kvbucket_dot_proto_dot_store__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=kvbucket_dot_proto_dot_store__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Hello = channel.unary_unary(
+                '/kvbucket.v1.KVBucket/Hello',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.HelloRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.HelloResponse.FromString,
+                _registered_method=True)
 
 
 class KVBucketServicer(object):
@@ -94,6 +99,12 @@ class KVBucketServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hello(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVBucketServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_KVBucketServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=kvbucket_dot_proto_dot_store__pb2.DeleteRequest.FromString,
                     response_serializer=kvbucket_dot_proto_dot_store__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Hello': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hello,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.HelloRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.HelloResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class KVBucket(object):
             '/kvbucket.v1.KVBucket/Delete',
             kvbucket_dot_proto_dot_store__pb2.DeleteRequest.SerializeToString,
             kvbucket_dot_proto_dot_store__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hello(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucket/Hello',
+            kvbucket_dot_proto_dot_store__pb2.HelloRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.HelloResponse.FromString,
             options,
             channel_credentials,
             insecure,

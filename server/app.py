@@ -19,6 +19,7 @@ from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
 from kvbucket.server.clock import Clock
+from kvbucket.server.fastwire import FastWireServer
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.owner import CacheOwner
 from kvbucket.server.service import KVBucketService, Limits
@@ -95,6 +96,7 @@ class Daemon:
         self.server: grpc.aio.Server | None = None
         self.shm: ShmService | None = None
         self._sweeper: asyncio.Task | None = None
+        self.fast: FastWireServer | None = None
         self._flusher: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = -1
@@ -146,6 +148,7 @@ class Daemon:
             s.unix_socket.unlink(missing_ok=True)
             self.server.add_insecure_port(f"unix:{s.unix_socket}")
         await self.server.start()
+        self._start_fast_wire(data)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
@@ -155,6 +158,19 @@ class Daemon:
                 self._flush_forever(nvme, self.settings.nvme.flush_seconds), name="nvme-flush"
             )
         self._announce()
+
+    def _start_fast_wire(self, data: KVBucketService) -> None:
+        s = self.settings
+        tls = bool(s.auth.tls_cert and s.auth.tls_key)
+        if not s.fast.enabled or tls:
+            return
+        self.fast = FastWireServer(data, self.shm)
+        port = self.fast.listen_tcp(s.host, s.fast.port)
+        unix = ""
+        if s.unix_socket is not None:
+            unix = f"{s.unix_socket}.fast"
+            self.fast.listen_unix(Path(unix))
+        data.hello = store_pb2.HelloResponse(version=kvbucket.__version__, fast_port=port, fast_unix=unix)
 
     def _start_shm(self, data: KVBucketService) -> None:
         """The shared-memory data plane: the servicer always (it answers FAILED_PRECONDITION when off)."""
@@ -186,6 +202,7 @@ class Daemon:
             "metrics_url": f"http://{s.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port >= 0 else None,
             "tiers": [t.name for t in self.store.tiers],
             "shm": str(self.shm.arena.path) if self.shm and self.shm.arena else None,
+            "fast_port": self.fast.port if self.fast else None,
             "auth": self.auth.enabled,
         }
         log.info("kvbucket %s serving %s", kvbucket.__version__, json.dumps(info))
@@ -195,6 +212,8 @@ class Daemon:
             tmp.replace(s.ready_file)
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.fast is not None:
+            await self.fast.close()
         if self.server is not None:
             await self.server.stop(grace)
         for task in (self._sweeper, self._flusher):

@@ -99,6 +99,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         # has an arena) a free slot of the pre-faulted arena -- no page faults, and shm readers get it
         # without a copy.
         self.allocate: Callable[[int], bytearray | memoryview] = bytearray
+        self.hello = pb.HelloResponse()  # filled in by the daemon once its listeners are up
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -125,6 +126,11 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         keys = self._keys(self._caller(context), request.scope, request.hashes)
         tiers = self.store.lookup(keys)
         return pb.LookupResponse(hits=len(tiers), tiers=[TIER_ENUM[t] for t in tiers])
+
+    @rpc("hello")
+    async def Hello(self, request: pb.HelloRequest, context) -> pb.HelloResponse:
+        self._caller(context)
+        return self.hello
 
     @rpc("exists")
     async def Exists(self, request: pb.ExistsRequest, context) -> pb.ExistsResponse:
@@ -218,25 +224,32 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
 
     @rpc("get")
     async def Get(self, request: pb.GetRequest, context):
-        keys = self._keys(self._caller(context), request.scope, request.hashes)
         frame = min(max(request.frame_bytes or DEFAULT_FRAME, 64 << 10), self.limits.max_frame_bytes)
+        async for msg, payload in self.chunks(self._caller(context), request):
+            yield msg
+            if payload is not None:
+                for off in range(0, len(payload), frame):
+                    yield frames.encode(payload[off : off + frame])  # GetResponse{data}, one copy
+
+    async def chunks(self, caller: Caller, request: pb.GetRequest):
+        """Per requested hash: (GetResponse{header}, the payload to send) or (GetResponse{miss}, None).
+        The entry is held (not evicted, not recycled) until the consumer asks for the next one.
+        Shared by Get and the fast wire (server/fastwire.py)."""
+        keys = self._keys(caller, request.scope, request.hashes)
         for i, key in enumerate(keys):
             async with self.store.reading(key) as rec:
                 if rec is None:
-                    yield pb.GetResponse(miss=pb.Miss(hash=key.hash, index=i))
+                    yield pb.GetResponse(miss=pb.Miss(hash=key.hash, index=i)), None
                     if request.stop_at_first_miss:
                         return
                     continue
                 h = rec.header
-                yield pb.GetResponse(
-                    header=pb.ChunkHeader(
-                        hash=key.hash, codec=pb.CODEC_NONE, raw_length=h.raw_length, payload_length=h.raw_length,
-                        checksum=h.checksum, tokens=h.tokens, dtype=h.dtype, shape=h.shape, index=i,
-                    )
+                header = pb.ChunkHeader(
+                    hash=key.hash, codec=pb.CODEC_NONE, raw_length=h.raw_length, payload_length=h.raw_length,
+                    checksum=h.checksum, tokens=h.tokens, dtype=h.dtype, shape=h.shape, index=i,
                 )
                 mv = memoryview(rec.payload)
-                for off in range(0, len(mv), frame):
-                    yield frames.encode(mv[off : off + frame])  # GetResponse{data}, one copy
+                yield pb.GetResponse(header=header), mv
                 self.metrics.bytes.labels("out").inc(len(mv))
                 self.metrics.tokens_served.inc(h.tokens)
 
@@ -255,6 +268,8 @@ def add_to_server(servicer: KVBucketService, server) -> None:
             servicer.Exists, pb.ExistsRequest.FromString, pb.ExistsResponse.SerializeToString),
         "Delete": grpc.unary_unary_rpc_method_handler(
             servicer.Delete, pb.DeleteRequest.FromString, pb.DeleteResponse.SerializeToString),
+        "Hello": grpc.unary_unary_rpc_method_handler(
+            servicer.Hello, pb.HelloRequest.FromString, pb.HelloResponse.SerializeToString),
     }
     name = pb.DESCRIPTOR.services_by_name["KVBucket"].full_name
     missing = set(pb.DESCRIPTOR.services_by_name["KVBucket"].methods_by_name) - set(handlers)

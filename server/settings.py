@@ -87,6 +87,14 @@ class ShmSettings(BaseModel):
     directory: Path = Path("/dev/shm")
 
 
+class FastWireSettings(BaseModel):
+    """kvbucket's own framing on a plain socket for the hot data-plane calls (core/fastwire.py): on a TCP
+    port of the gRPC host and, with a unix socket, on `<unix_socket>.fast`. Never with TLS (plaintext)."""
+
+    enabled: bool = True
+    port: int = 0  # 0: pick a free port (clients learn it from the Hello RPC)
+
+
 class AuthSettings(BaseModel):
     tokens_file: Path | None = None  # TOML: [[tokens]] token=..., tenant=..., admin=false
     tls_cert: Path | None = None
@@ -116,6 +124,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     shm: ShmSettings = Field(default_factory=ShmSettings)
+    fast: FastWireSettings = Field(default_factory=FastWireSettings)
 
     @field_validator("max_frame_bytes")
     @classmethod

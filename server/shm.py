@@ -369,7 +369,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         for n in sizes:
             view = None
             if 0 < n <= self.data.limits.max_chunk_bytes and held + n <= self.pool_bytes:
-                view = self._slot(n)
+                view = self.arena.slot(n)  # free room only: nothing is evicted for a spare slot
             if view is None:
                 slots.append(pb.ShmSlot(fallback=True))
                 continue

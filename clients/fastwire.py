@@ -1,0 +1,193 @@
+"""The SDK's end of the fast wire (core/fastwire.py): blocking connections, pooled per daemon.
+
+`Client` learns the daemon's fast-wire address from the Hello RPC on first use and then sends its
+data-plane calls (lookup, exists, delete, put, get and the shared-memory control calls) there. A
+connection that breaks (daemon restarted, port closed) is dropped and that call goes by gRPC; the
+address is asked for again after `REDIAL_SECONDS`. Errors the daemon answers are raised as the same
+`KVBucketError` classes as over gRPC -- they are not retried on the other wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import grpc
+
+from kvbucket.clients import wire
+from kvbucket.core import errors
+from kvbucket.core.fastwire import HEAD, Method, frame, tune_socket
+from kvbucket.core.record import checksum
+from kvbucket.proto import store_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+REDIAL_SECONDS = 5.0
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class Broken(Exception):
+    """The connection failed (not an answer from the daemon): use gRPC for this call."""
+
+
+class Conn:
+    """One connection; not thread-safe (the pool hands it to one caller at a time)."""
+
+    def __init__(self, address: str | tuple[str, int], token: str | None, timeout: float) -> None:
+        try:
+            if isinstance(address, str):
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(address)
+            else:
+                self.sock = socket.create_connection(address, timeout=timeout)
+            tune_socket(self.sock)
+        except OSError as exc:
+            raise Broken(f"cannot connect to {address}: {exc}") from None
+        self._head = bytearray(HEAD.size)
+        self._send(frame(Method.HELLO, (token or "").encode()))
+        self._reply()
+
+    # -- framing ----------------------------------------------------------------------------
+
+    def _send(self, data) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise Broken(str(exc)) from None
+
+    def _fill(self, buf: memoryview) -> None:
+        got = 0
+        try:
+            while got < len(buf):
+                n = self.sock.recv_into(buf[got:])
+                if n == 0:
+                    raise Broken("the daemon closed the connection")
+                got += n
+        except OSError as exc:
+            raise Broken(str(exc)) from None
+
+    def _reply(self) -> bytes:
+        """The body of the next OK reply; a daemon's error is raised as its KVBucketError."""
+        self._fill(memoryview(self._head))
+        n, status = HEAD.unpack(self._head)
+        body = bytearray(n)
+        self._fill(memoryview(body))
+        if status:
+            code = _CODES.get(status, grpc.StatusCode.UNKNOWN)
+            raise wire.error_for(code, body.decode(errors="replace"))
+        return bytes(body)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def unary(self, method: Method, request, reply_type, timeout: float):
+        self.sock.settimeout(timeout)
+        self._send(frame(method, request.SerializeToString()))
+        return reply_type.FromString(self._reply())
+
+    def put(self, header: pb.PutRequest, payload: memoryview, timeout: float) -> pb.ChunkResult:
+        self.sock.settimeout(timeout)
+        self._send(frame(Method.PUT, header.SerializeToString()))
+        self._send(payload)
+        return pb.PutResponse.FromString(self._reply()).results[0]
+
+    def get(self, request: pb.GetRequest, out: list | None, timeout: float) -> list[memoryview | None]:
+        self.sock.settimeout(timeout)
+        self._send(frame(Method.GET, request.SerializeToString()))
+        results: list[memoryview | None] = [None] * len(request.hashes)
+        while body := self._reply():
+            msg = pb.GetResponse.FromString(body)
+            if not msg.HasField("header"):
+                continue  # a miss leaves None in place
+            h = msg.header
+            buf = wire.target_buffer(out, h.index, h.raw_length)  # raises before any byte is read: we
+            self._fill(buf)  # cannot skip them then, so the caller's Broken handling drops the connection
+            if checksum(buf) != h.checksum:
+                self._drain_stream()
+                raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum after transfer")
+            results[h.index] = buf
+        return results
+
+    def _drain_stream(self) -> None:
+        while body := self._reply():
+            msg = pb.GetResponse.FromString(body)
+            if msg.HasField("header"):
+                self._fill(memoryview(bytearray(msg.header.payload_length)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Dialer:
+    """The daemon's fast-wire address and a pool of idle connections to it; shared by a client and the
+    clients `scoped()` derives from it. Thread-safe."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.address: str | tuple[str, int] | None = None
+        self._asked_at: float | None = None
+        self._idle: list[Conn] = []
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        """Whether to ask the daemon (Hello) for its address now."""
+        if not self.wanted or self.address is not None:
+            return False
+        return self._asked_at is None or time.monotonic() - self._asked_at > REDIAL_SECONDS
+
+    def learn(self, hello: pb.HelloResponse | None, host: str, unix: bool) -> None:
+        self._asked_at = time.monotonic()
+        if hello is None:
+            return
+        if unix and hello.fast_unix:
+            self.address = hello.fast_unix
+        elif hello.fast_port and not unix:
+            self.address = (host, hello.fast_port)
+
+    @contextmanager
+    def conn(self, token: str | None, timeout: float):
+        with self._lock:
+            c = self._idle.pop() if self._idle else None
+        if c is None:
+            try:
+                c = Conn(self.address, token, timeout)
+            except Broken:
+                self._forget()
+                raise
+        try:
+            yield c
+        except Broken:
+            c.close()
+            self._forget()
+            raise
+        except errors.InvalidArgument:  # e.g. an output buffer too small, mid-stream: not reusable
+            c.close()
+            raise
+        except BaseException:
+            with self._lock:
+                self._idle.append(c)
+            raise
+        else:
+            with self._lock:
+                self._idle.append(c)
+
+    def _forget(self) -> None:
+        """The daemon is not where we thought (restart, port gone): ask again later, gRPC meanwhile."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            if self.address is not None:
+                log.info("kvbucket: fast wire to %s lost; using gRPC, asking again in %.0f s",
+                         self.address, REDIAL_SECONDS)
+            self.address = None
+            self._asked_at = time.monotonic()
+        for c in idle:
+            c.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
