@@ -1,11 +1,12 @@
 """Core data-plane benchmark: kvbucket vs LMCache's own server, with the machine's physical limits.
 
 One run, same payloads for every system:
-  - kvbucket daemon (`kvbucket serve`, RAM tier) over loopback TCP through the SDK `Client`;
+  - kvbucket daemon (`kvbucket serve`, RAM tier) over loopback TCP through the SDK `Client`: by its
+    default, the fast wire (`kvbucket TCP fast wire`), and with `fast=False`, gRPC (`kvbucket TCP gRPC`);
   - LMCache's server (`python -m lmcache.v1.server 127.0.0.1 PORT cpu`) through LMCache's own
     connector (`CreateConnector("lm://...")` with a CPU `LocalCPUBackend`), what an LMCache user runs;
   - memcpy into a warm buffer and Python loopback TCP (sendall / recv_into, 4 MiB) as ceilings;
-  - the same daemon through its unix socket: `kvbucket unix-socket gRPC` (Client(..., shm=False)) and
+  - the same daemon through its unix socket: `kvbucket unix-socket gRPC` (shm=False, fast=False) and
     `kvbucket shm` (the shared-memory arena, `--shm-size`): put (one ShmPut round trip through the
     client's slot pool), get into a buffer (one ShmGet round trip, copy out, verify), and get_views
     (a verified read-only view, no copy); for 2 MiB chunks also 16 chunks per put_many / get_many.
@@ -214,12 +215,14 @@ class KVSide:
     """kvbucket through the SDK's blocking Client: loopback TCP, or the unix socket with or without shm."""
 
     def __init__(self, url: str, server: psutil.Process, shape: tuple[int, ...], frame: int, n: int,
-                 shm: bool = False) -> None:
+                 shm: bool = False, fast: bool = True) -> None:
         self.server = server
         layout = Layout("bfloat16", shape, tokens_per_chunk=shape[2])
-        self.kv = Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame, shm=shm)
+        self.kv = Client(url, model="bench/llama-3-8b", layout=layout, frame_bytes=frame, shm=shm, fast=fast)
         if shm and self.kv.shm_region() is None:
             raise RuntimeError("the shm client did not attach to the daemon's arena")
+        if fast and self.kv._fast() is None:
+            raise RuntimeError("the client did not reach the daemon's fast wire")
         chunk = 2 * int(np.prod(shape))
         self.outs = [bytearray(chunk) for _ in range(n)]  # warm receive buffers for get_into
         for o in self.outs:
@@ -296,7 +299,7 @@ class KVSide:
                 raise RuntimeError(f"kvbucket returned different bytes for chunk {i}")
         return m
 
-    def lookup(self, tag: str, seconds: float = 3) -> Latency:
+    def lookup(self, tag: str, system: str, seconds: float = 3) -> Latency:
         hashes = kv_hashes(tag, LOOKUP_KEYS)
         assert self.kv.lookup(hashes).hits == LOOKUP_KEYS
         for _ in range(50):
@@ -307,7 +310,7 @@ class KVSide:
             t0 = time.perf_counter()
             self.kv.lookup(hashes)
             lat.append(time.perf_counter() - t0)
-        return Latency("kvbucket", "Lookup (1 call)", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3,
+        return Latency(system, "Lookup (1 call)", LOOKUP_KEYS, len(lat), pct(lat, 0.5) * 1e3,
                        pct(lat, 0.99) * 1e3, "all 128 present")
 
     def close(self) -> None:
@@ -413,6 +416,8 @@ class LMCacheSide:
 SHM = "kvbucket shm"
 BATCH = 16
 UNIX = "kvbucket unix-socket gRPC"
+GRPC = "kvbucket TCP gRPC"
+FAST = "kvbucket TCP fast wire"
 
 
 def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_url: str, kv_server: psutil.Process,
@@ -421,10 +426,10 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
     chunk = payloads[0].nbytes
     limits = Limits(chunk)
     kv = KVSide(kv_url, kv_server, shape, frame, len(payloads))
-    same_host = {}
+    same_host = {GRPC: KVSide(kv_url, kv_server, shape, frame, len(payloads), fast=False)}
     if unix_url:
         same_host[SHM] = KVSide(unix_url, kv_server, shape, frame, len(payloads), shm=True)
-        same_host[UNIX] = KVSide(unix_url, kv_server, shape, frame, len(payloads), shm=False)
+        same_host[UNIX] = KVSide(unix_url, kv_server, shape, frame, len(payloads), shm=False, fast=False)
     if lm is not None:
         lm.load(payloads, shape)
     passes: dict[tuple[str, str], list[Meter]] = {}
@@ -440,15 +445,15 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         log(f"{label} round {r + 1}/{rounds}")
         record("limit", "memcpy", limits.memcpy_pass(payloads))
         record("limit", "tcp loopback", limits.tcp_pass(payloads))
-        record("kvbucket", "PUT", kv.put_pass(tag, payloads))
+        record(FAST, "PUT", kv.put_pass(tag, payloads))
         if lm is not None:
             record("lmcache", "PUT", lm.put_pass(tag))
-        record("kvbucket", "GET", kv.get_pass(tag, len(payloads)))
-        record("kvbucket", "GET into", kv.get_into_pass(tag, payloads))
+        record(FAST, "GET", kv.get_pass(tag, len(payloads)))
+        record(FAST, "GET into", kv.get_into_pass(tag, payloads))
         if lm is not None:
             record("lmcache", "GET", lm.get_pass(tag, payloads))
         for name, side in same_host.items():
-            stag = f"{tag}-{name.split()[1]}"
+            stag = f"{tag}-{name.split()[1]}-{name.split()[-1]}"
             record(name, "PUT", side.put_pass(stag, payloads))
             record(name, "GET", side.get_pass(stag, len(payloads)))
             record(name, "GET into", side.get_into_pass(stag, payloads))
@@ -460,8 +465,8 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
     notes = {
         ("limit", "memcpy"): "warm destination",
         ("limit", "tcp loopback"): "4 MiB sendall/recv_into, both ends in this process",
-        ("kvbucket", "GET"): "fresh result buffer",
-        ("kvbucket", "GET into"): "warm caller buffer",
+        (FAST, "GET"): "fresh result buffer",
+        (FAST, "GET into"): "warm caller buffer",
         ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
         ("lmcache", "GET"): "into LMCache's allocator",
         (SHM, "GET view"): "get_views: read-only view of the arena, xxh3-verified, no copy",
@@ -471,7 +476,8 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
     rows = [summarize(system, op, chunk, ms, notes.get((system, op), "")) for (system, op), ms in passes.items()]
     lookups = []
     if len(payloads) >= LOOKUP_KEYS:
-        lookups.append(kv.lookup(f"{label}-r0"))
+        lookups.append(kv.lookup(f"{label}-r0", FAST))
+        lookups.append(same_host[GRPC].lookup(f"{label}-r0", GRPC))
         if lm is not None:
             lookups.append(lm.prefix_check(f"{label}-r0"))
     kv.close()
@@ -517,12 +523,12 @@ def print_report(rows: list[Row], lookups: list[Latency], ratios: dict) -> None:
         print(f"{r.system:25} {r.op:15} {r.chunk_mib:>5.0f}Mi {r.chunks:>4} {r.gbps:>6.2f} {r.p50_ms:>8.2f} "
               f"{r.p99_ms:>8.2f} {fmt(r.cpu_s_per_gb, '9.2f')} {fmt(r.client_cpu_s_per_gb, '7.2f')} "
               f"{fmt(r.server_cpu_s_per_gb, '7.2f')}  {r.note}")
-    print(f"\n{'system':9} {'lookup':16} {'keys':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  note")
+    print(f"\n{'system':25} {'lookup':16} {'keys':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8}  note")
     for lk in lookups:
-        print(f"{lk.system:9} {lk.op:16} {lk.keys:>5} {lk.calls:>6} {lk.p50_ms:>8.3f} {lk.p99_ms:>8.3f}  {lk.note}")
+        print(f"{lk.system:25} {lk.op:16} {lk.keys:>5} {lk.calls:>6} {lk.p50_ms:>8.3f} {lk.p99_ms:>8.3f}  {lk.note}")
     print("\nkvbucket / LMCache, same run:  throughput (GB/s ratio; target PUT >= 3x, GET >= 1x) and CPU per GB")
     for k, (g, c) in ratios.items():
-        print(f"  {k:18} {g:5.2f}x throughput   {c:5.2f}x CPU s/GB")
+        print(f"  {k:30} {g:5.2f}x throughput   {c:5.2f}x CPU s/GB")
     print("\nkvbucket shm / memcpy, same run (goal >= 0.50):")
     for k, g in shm_vs_memcpy(rows).items():
         print(f"  {k:22} {g:5.2f}x")
@@ -544,8 +550,9 @@ def compute_ratios(rows: list[Row]) -> dict[str, tuple[float, float]]:
     out = {}
     for (system, op, mib), r in by.items():
         base = by.get(("lmcache", "GET" if op.startswith("GET") else op, mib))
-        if system == "kvbucket" and base:
-            out[f"{op} {mib:.0f} MiB"] = (r.gbps / base.gbps, r.cpu_s_per_gb / base.cpu_s_per_gb)
+        if system in (FAST, GRPC) and base:
+            key = f"{system.removeprefix('kvbucket TCP ')}: {op} {mib:.0f} MiB"
+            out[key] = (r.gbps / base.gbps, r.cpu_s_per_gb / base.cpu_s_per_gb)
     return out
 
 
@@ -603,12 +610,9 @@ def main(argv: list[str] | None = None) -> int:
                 lm_proc.wait(10)
             d.stop()
 
-    order = {("limit", "memcpy"): 0, ("limit", "tcp loopback"): 1, ("kvbucket", "PUT"): 2, ("kvbucket", "GET"): 3,
-             ("kvbucket", "GET into"): 4, ("lmcache", "PUT"): 5, ("lmcache", "GET"): 6,
-             (UNIX, "PUT"): 7, (UNIX, "GET"): 8, (UNIX, "GET into"): 9,
-             (SHM, "PUT"): 10, (SHM, "GET"): 11, (SHM, "GET into"): 12,
-             (SHM, f"PUT x{BATCH}"): 13, (SHM, f"GET into x{BATCH}"): 14}
-    rows.sort(key=lambda r: (-r.chunk_mib, order[(r.system, r.op)]))
+    systems = ["limit", FAST, GRPC, "lmcache", UNIX, SHM]
+    ops = ["memcpy", "tcp loopback", "PUT", "GET", "GET into", "GET view", f"PUT x{BATCH}", f"GET into x{BATCH}"]
+    rows.sort(key=lambda r: (-r.chunk_mib, systems.index(r.system), ops.index(r.op)))
     ratios = compute_ratios(rows)
     print_report(rows, lookups, ratios)
     load_after = os.getloadavg()
