@@ -602,10 +602,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight lin
             if "redis" not in skip:
                 redis_proc, redis_port = start_redis(tmp)
             shm_kw, shm_why = shm_options()
-            # An SDK with shm uses it by default over a unix socket: the unix row asks for gRPC explicitly.
+            # An SDK with shm uses it by default over a unix socket, and its fast wire wherever the daemon
+            # offers one: the gRPC rows ask for gRPC explicitly.
             grpc_only = {"shm": False} if shm_kw is not None else {}
+            if "fast" in inspect.signature(Client.__init__).parameters:
+                grpc_only["fast"] = False
             kv_targets = {"kvbucket tcp": (d.url, kvproc, grpc_only),
                           "kvbucket unix": (d.info["unix_url"], kvproc, grpc_only)}
+            if "fast" in grpc_only:
+                kv_targets["kvbucket tcp fast wire"] = (d.url, kvproc, {"shm": False})
             if shm_kw is not None:
                 kv_targets["kvbucket shm"] = (d.info["unix_url"], kvproc, shm_kw)
             else:

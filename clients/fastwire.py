@@ -16,11 +16,11 @@ import time
 from contextlib import contextmanager
 
 import grpc
+import xxhash
 
 from kvbucket.clients import wire
 from kvbucket.core import errors
 from kvbucket.core.fastwire import HEAD, Method, frame, tune_socket
-from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,21 @@ class Conn:
         except OSError as exc:
             raise Broken(str(exc)) from None
 
+    def _fill_hash(self, buf: memoryview) -> int:
+        """`_fill`, hashing each piece as it lands (cache-hot, and while the daemon sends the next)."""
+        h = xxhash.xxh3_64()
+        got = 0
+        try:
+            while got < len(buf):
+                n = self.sock.recv_into(buf[got:])
+                if n == 0:
+                    raise Broken("the daemon closed the connection")
+                h.update(buf[got : got + n])
+                got += n
+        except OSError as exc:
+            raise Broken(str(exc)) from None
+        return h.intdigest()
+
     def _reply(self) -> bytes:
         """The body of the next OK reply; a daemon's error is raised as its KVBucketError."""
         self._fill(memoryview(self._head))
@@ -103,9 +118,8 @@ class Conn:
             if not msg.HasField("header"):
                 continue  # a miss leaves None in place
             h = msg.header
-            buf = wire.target_buffer(out, h.index, h.raw_length)  # raises before any byte is read: we
-            self._fill(buf)  # cannot skip them then, so the caller's Broken handling drops the connection
-            if checksum(buf) != h.checksum:
+            buf = wire.target_buffer(out, h.index, h.raw_length)  # raises before any byte is read: the
+            if self._fill_hash(buf) != h.checksum:  # connection is then dropped (bytes left unread)
                 self._drain_stream()
                 raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum after transfer")
             results[h.index] = buf

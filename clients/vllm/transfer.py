@@ -75,7 +75,11 @@ class Transfer:
         self._max_pending = max_pending_saves
         self._free: list[torch.Tensor] = []  # chunk buffers to reuse
         self.dropped_saves = 0
-        self.in_place = client.shm_region() is not None
+
+    @property
+    def in_place(self) -> bool:
+        """Attached to the daemon's arena (asked on first use, again after a failed attach)."""
+        return self.client.shm_region() is not None
 
     def _tensor(self, view) -> torch.Tensor:
         """A chunk tensor over `view` (an arena slot or view): no copy."""
