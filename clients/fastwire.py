@@ -59,30 +59,24 @@ class Conn:
         except OSError as exc:
             raise Broken(str(exc)) from None
 
-    def _fill(self, buf: memoryview) -> None:
+    def _fill(self, buf: memoryview, hasher=None) -> None:
+        """Receive exactly len(buf) bytes; `hasher` (xxh3) is fed each piece as it lands (cache-hot, and
+        while the daemon sends the next)."""
         got = 0
         try:
             while got < len(buf):
                 n = self.sock.recv_into(buf[got:])
                 if n == 0:
                     raise Broken("the daemon closed the connection")
+                if hasher is not None:
+                    hasher.update(buf[got : got + n])
                 got += n
         except OSError as exc:
             raise Broken(str(exc)) from None
 
     def _fill_hash(self, buf: memoryview) -> int:
-        """`_fill`, hashing each piece as it lands (cache-hot, and while the daemon sends the next)."""
         h = xxhash.xxh3_64()
-        got = 0
-        try:
-            while got < len(buf):
-                n = self.sock.recv_into(buf[got:])
-                if n == 0:
-                    raise Broken("the daemon closed the connection")
-                h.update(buf[got : got + n])
-                got += n
-        except OSError as exc:
-            raise Broken(str(exc)) from None
+        self._fill(buf, h)
         return h.intdigest()
 
     def _reply(self) -> bytes:

@@ -28,6 +28,7 @@ import time
 
 import xxhash
 
+from kvbucket.clients import wire
 from kvbucket.clients.wire import as_bytes
 from kvbucket.core import errors
 from kvbucket.core.record import checksum
@@ -78,15 +79,10 @@ class ShmPlane:
 
     def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
         """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
-        fallback = []
-        for c in resp.chunks:
-            if c.miss:
-                continue
-            if c.fallback:
-                fallback.append(c.index)
-                continue
+        fallback: list[int] = []
+        for c in _held(resp, fallback):
             h = c.header
-            dst = _target(out, c.index, h.raw_length)
+            dst = wire.target_buffer(out, c.index, h.raw_length)
             if _copy_hash(dst, self.view[c.offset : c.offset + h.raw_length]) != h.checksum:
                 raise errors.DataLoss(f"chunk {h.hash.hex()[:16]} failed its checksum in shared memory")
             results[c.index] = dst
@@ -95,13 +91,8 @@ class ShmPlane:
     def views(self, resp: pb.ShmGetResponse, verify: bool, results: list) -> list[int]:
         """Read-only views of the held chunks into `results` (verified unless told not to); the indexes
         to fetch by Get. The views are valid while the lease is held."""
-        fallback = []
-        for c in resp.chunks:
-            if c.miss:
-                continue
-            if c.fallback:
-                fallback.append(c.index)
-                continue
+        fallback: list[int] = []
+        for c in _held(resp, fallback):
             h = c.header
             mv = self.view[c.offset : c.offset + h.raw_length].toreadonly()
             if verify and checksum(mv) != h.checksum:
@@ -117,14 +108,13 @@ class ShmPlane:
             pass
 
 
-def _target(out: list | None, index: int, n: int) -> memoryview:
-    target = out[index] if out is not None else None
-    if target is None:
-        return memoryview(bytearray(n))
-    mv = as_bytes(target)
-    if len(mv) < n:
-        raise errors.InvalidArgument(f"output buffer {index} holds {len(mv)} bytes, chunk is {n}")
-    return mv[:n]
+def _held(resp: pb.ShmGetResponse, fallback: list[int]):
+    """The chunks of a ShmGet reply held in slots; the indexes the daemon could not place go to `fallback`."""
+    for c in resp.chunks:
+        if c.fallback:
+            fallback.append(c.index)
+        elif not c.miss:
+            yield c
 
 
 def _copy_hash(dst: memoryview, src: memoryview) -> int:
