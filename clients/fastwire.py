@@ -25,12 +25,18 @@ from kvbucket.proto import store_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-REDIAL_SECONDS = 5.0
+REDIAL_SECONDS = 5.0  # after a connection broke (the daemon restarted, say)
+UNREACHABLE_SECONDS = 60.0  # after a connect failed (the port is not published where the client is)
+CONNECT_SECONDS = 1.0  # a filtered port must not cost a whole call timeout
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class Broken(Exception):
     """The connection failed (not an answer from the daemon): use gRPC for this call."""
+
+
+class Unreachable(Broken):
+    """The fast wire's port cannot be reached from here (not published, firewalled)."""
 
 
 class Conn:
@@ -40,13 +46,14 @@ class Conn:
         try:
             if isinstance(address, str):
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.settimeout(timeout)
+                self.sock.settimeout(min(timeout, CONNECT_SECONDS))
                 self.sock.connect(address)
             else:
-                self.sock = socket.create_connection(address, timeout=timeout)
+                self.sock = socket.create_connection(address, timeout=min(timeout, CONNECT_SECONDS))
             tune_socket(self.sock)
         except OSError as exc:
-            raise Broken(f"cannot connect to {address}: {exc}") from None
+            raise Unreachable(f"cannot connect to {address}: {exc}") from None
+        self.sock.settimeout(timeout)
         self._head = bytearray(HEAD.size)
         self._send(frame(Method.HELLO, (token or "").encode()))
         self._reply()
@@ -136,7 +143,7 @@ class Dialer:
     def __init__(self, wanted: bool) -> None:
         self.wanted = wanted
         self.address: str | tuple[str, int] | None = None
-        self._asked_at: float | None = None
+        self._next_ask = 0.0  # monotonic time after which Hello may be asked (again)
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
 
@@ -144,10 +151,10 @@ class Dialer:
         """Whether to ask the daemon (Hello) for its address now."""
         if not self.wanted or self.address is not None:
             return False
-        return self._asked_at is None or time.monotonic() - self._asked_at > REDIAL_SECONDS
+        return time.monotonic() >= self._next_ask
 
     def learn(self, hello: pb.HelloResponse | None, host: str, unix: bool) -> None:
-        self._asked_at = time.monotonic()
+        self._next_ask = time.monotonic() + REDIAL_SECONDS
         if hello is None:
             return
         if unix and hello.fast_unix:
@@ -162,6 +169,9 @@ class Dialer:
         if c is None:
             try:
                 c = Conn(self.address, token, timeout)
+            except Unreachable:
+                self._forget(UNREACHABLE_SECONDS)
+                raise
             except Broken:
                 self._forget()
                 raise
@@ -182,15 +192,15 @@ class Dialer:
             with self._lock:
                 self._idle.append(c)
 
-    def _forget(self) -> None:
-        """The daemon is not where we thought (restart, port gone): ask again later, gRPC meanwhile."""
+    def _forget(self, wait: float = REDIAL_SECONDS) -> None:
+        """The daemon is not where we thought (restart, port gone): ask again in `wait` s, gRPC meanwhile."""
         with self._lock:
             idle, self._idle = self._idle, []
             if self.address is not None:
-                log.info("kvbucket: fast wire to %s lost; using gRPC, asking again in %.0f s",
-                         self.address, REDIAL_SECONDS)
+                log.info("kvbucket: fast wire to %s unavailable; using gRPC, asking again in %.0f s",
+                         self.address, wait)
             self.address = None
-            self._asked_at = time.monotonic()
+            self._next_ask = time.monotonic() + wait
         for c in idle:
             c.close()
 

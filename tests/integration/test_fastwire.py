@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,5 +189,18 @@ def test_a_daemon_restart_falls_back_to_grpc_for_the_call(tmp_path):
             assert c.put(b"b", chunk(8))  # the pooled connection is dead: this one goes by gRPC
             assert bytes(c.get(b"b")) == chunk(8)
         assert requests(d, "put") == 1
+    finally:
+        d.stop()
+
+
+def test_an_unreachable_fast_wire_costs_nothing_but_a_fallback(tmp_path):
+    sock = tmp_path / "kv.sock"
+    d = start_daemon(tmp_path, "--unix-socket", str(sock))
+    try:
+        Path(f"{sock}.fast").unlink()  # offered by Hello, but not reachable from here
+        with Client(d.info["unix_url"], model="m", layout=LAYOUT, shm=False, timeout=30) as c:
+            assert c.put(b"u", chunk(9)) and bytes(c.get(b"u")) == chunk(9)
+            assert c._fast() is None  # and not asked again for a while
+        assert requests(d, "put") == 1 and requests(d, "get") == 1  # both by gRPC
     finally:
         d.stop()
