@@ -177,7 +177,15 @@ class Daemon:
         from kvbucket.server.arena import Arena
 
         s = self.settings
-        arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve) if s.shm_size else None
+        arena = None
+        if s.shm_size:
+            try:
+                arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve)
+            except OSError as exc:
+                if s.shm.size:  # asked for explicitly: do not start without it
+                    raise
+                log.warning("shared memory off: cannot create a %d MiB arena in %s (%s); clients use sockets. "
+                            "Give /dev/shm room or set --shm-size", s.shm_size >> 20, s.shm.directory, exc)
         self.shm = ShmService(data, arena, Leases(self.clock, s.shm.lease_seconds), int(s.shm.pool_bytes))
         store_pb2_grpc.add_KVBucketShmServicer_to_server(self.shm, self.server)
         if arena is not None:

@@ -501,3 +501,17 @@ def test_async_views_and_reservations(shm_daemon):
 
     asyncio.run(main())
     assert requests(shm_daemon, "put") == requests(shm_daemon, "get") == 0
+
+
+def test_an_arena_that_cannot_be_made_turns_auto_shared_memory_off_not_the_daemon(tmp_path):
+    nowhere = {"KVBUCKET_SHM__DIRECTORY": str(tmp_path / "missing")}
+    d = start_daemon(tmp_path / "auto", "--unix-socket", str(tmp_path / "kv.sock"), env=nowhere)
+    try:
+        assert d.info["shm"] is None and "shared memory off" in d.log()
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            assert c.put(b"s", chunk(70)) and bytes(c.get(b"s")) == chunk(70)
+            assert c.shm_region() is None
+    finally:
+        d.stop()
+    with pytest.raises(RuntimeError, match="exited"):  # asked for explicitly: refuse to start
+        start_daemon(tmp_path / "explicit", "--shm-size", "16MiB", env=nowhere)
