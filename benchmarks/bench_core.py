@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         sock = Path(tmp) / "kv.sock"
         d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB", "--unix-socket", str(sock),
-                                 "--shm-size", args.shm_size)
+                                 "--shm-size", args.shm_size, timeout=180)  # populating the arena takes a while
         lm_proc = lm = None
         try:
             if not args.skip_lmcache:
