@@ -52,6 +52,7 @@ class Extents:
         self._starts: list[int] = [start] if end > start else []
         self._len: dict[int, int] = {start: end - start} if end > start else {}
         self._used: dict[int, int] = {}
+        self._free_total = self.size
         self._lock = threading.Lock()
         self._released: collections.deque[int] = collections.deque()  # append/popleft are atomic
 
@@ -79,6 +80,7 @@ class Extents:
                     self._starts[i] = start + n
                     self._len[start + n] = have - n
                 self._used[start] = n
+                self._free_total -= n
                 return start
         return None
 
@@ -89,6 +91,7 @@ class Extents:
 
     def _free(self, start: int) -> None:
         n = self._used.pop(start)  # KeyError: not allocated (double free)
+        self._free_total += n
         i = bisect.bisect_left(self._starts, start)
         if i < len(self._starts) and self._starts[i] == start + n:  # merge with the next extent
             n += self._len.pop(self._starts.pop(i))
@@ -97,6 +100,13 @@ class Extents:
         else:
             self._starts.insert(i, start)
             self._len[start] = n
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes in free extents (a running count: cheap enough for every put)."""
+        with self._lock:
+            self._drain()
+            return self._free_total
 
     @property
     def used_bytes(self) -> int:

@@ -140,10 +140,11 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             data.allocate = self.put_buffer
 
     def put_buffer(self, n: int) -> bytearray | memoryview:
-        """Where a gRPC Put receives a raw chunk: a free arena slot (pre-faulted memory, readable by shm
-        clients without a copy-in), or a bytearray when the arena has no free extent -- arena entries are
-        not evicted for it, the RAM tier's own capacity decides evictions."""
-        view = self.arena.slot(n)
+        """Where a gRPC or fast-wire Put receives a raw chunk: a free arena slot (pre-faulted memory,
+        readable by shm clients without a copy-in) while a quarter of the arena stays free for the
+        shared-memory puts that need it, else a bytearray. Nothing is evicted for it: the RAM tier's
+        own capacity decides evictions."""
+        view = self.arena.slot(n) if self.arena.extents.free_bytes - n >= self.arena.size // 4 else None
         return memoryview(view) if view is not None else bytearray(n)
 
     # -- lifecycle -------------------------------------------------------------------------

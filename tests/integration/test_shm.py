@@ -515,3 +515,14 @@ def test_an_arena_that_cannot_be_made_turns_auto_shared_memory_off_not_the_daemo
         d.stop()
     with pytest.raises(RuntimeError, match="exited"):  # asked for explicitly: refuse to start
         start_daemon(tmp_path / "explicit", "--shm-size", "16MiB", env=nowhere)
+
+
+def test_socket_puts_leave_a_quarter_of_the_arena_to_shared_memory_puts(shm_daemon):
+    """The arena holds 16 chunks: puts over the sockets take slots only while 8 MiB would stay free."""
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp:
+        assert tcp.put_many([(b"t%d" % i, chunk(i)) for i in range(14)]) == [True] * 14
+    assert metric(shm_daemon, "kvbucket_shm_slots") == 11  # the other three are plain buffers
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put(b"local", chunk(99))
+        assert c.exists([b"t%d" % i for i in range(14)] + [b"local"]) == [True] * 15  # nothing evicted
+    assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') == 0

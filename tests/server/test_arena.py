@@ -48,6 +48,7 @@ def test_random_alloc_free_never_overlaps_and_frees_everything(ops):
                 live[off] = pages * PAGE
         else:
             e.free(live.popitem()[0])
+        assert e.free_bytes == 32 * PAGE - sum(live.values())  # the running count matches
     for off in list(live):
         e.free(off)
     assert e.used_bytes == 0 and e.largest_free == 32 * PAGE
