@@ -533,34 +533,37 @@ class AsyncClient(_Base):
         item = (hash, data) if tokens is None else (hash, data, tokens)
         return (await self.put_many([item]))[0]
 
-    async def put_many(self, items: Iterable[PutItem]) -> list[bool]:
+    async def put_many(self, items: Iterable[PutItem], *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
+                       pin: bool = False) -> list[bool]:
+        """As Client.put_many."""
+        opts = dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         plane = await self._plane() if self.codec is Codec.NONE else None
         if plane is None:
-            return await self._put_grpc(self._items(items))
+            return await self._put_grpc(self._items(items), **opts)
         stored: list[bool] = []
         for batch in self._shm_batches(items, self._items(items)):
-            stored += await self._put_shm(plane, batch)
+            stored += await self._put_shm(plane, batch, **opts)
         return stored
 
-    async def _put_shm(self, plane: shm.ShmPlane, items: list) -> list[bool]:
+    async def _put_shm(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:
         """As Client._put_shm: one round trip through the slot pool."""
         st = self._shm_state
-        headers, raws = shm.chunk_headers(self.scope.proto(), items)
+        headers, raws = shm.chunk_headers(self.scope.proto(), items, **opts)
         sizes = [len(r) for r in raws]
         offsets = st.pool.take(sizes)
         if offsets is None and (plane := await self._stock_pool(plane, sizes)) is not None:
             offsets = st.pool.take(sizes)
         if plane is None:
-            return await self._put_grpc(items)
+            return await self._put_grpc(items, **opts)
         if offsets is None:
-            return await self._put_reserved(plane, items)
+            return await self._put_reserved(plane, items, **opts)
         req = shm.put_request(st, plane, headers, offsets, raws)  # memcpy on the loop: ~3 ms per 32 MiB
         sent = time.monotonic()
         try:
             resp = await self._call(self._shm.ShmPut, req)
         except errors.FailedPrecondition:
             st.pool.reset()
-            return await self._put_grpc(items)
+            return await self._put_grpc(items, **opts)
         st.pool.stock(resp, sent)
         return [r.stored for r in resp.results]
 
@@ -582,13 +585,13 @@ class AsyncClient(_Base):
         st.pool.stock(resp, sent)
         return plane
 
-    async def _put_reserved(self, plane: shm.ShmPlane, items: list) -> list[bool]:
-        req, raws = shm.reserve_request(self.scope.proto(), items)
+    async def _put_reserved(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:
+        req, raws = shm.reserve_request(self.scope.proto(), items, **opts)
         req.release.extend(self._shm_state.releases())
         resp = await self._call(self._shm.ShmReserve, req)
         if not self._shm_state.current(plane, resp.nonce):
             await self._release(resp.lease)
-            return await self._put_grpc(items)
+            return await self._put_grpc(items, **opts)
         commit = None
         if resp.lease:
             try:
@@ -600,14 +603,14 @@ class AsyncClient(_Base):
                 req = pb.ShmCommitRequest(lease=resp.lease, checksums=sums)
                 commit = await self._call(self._shm.ShmCommit, req)
             except errors.FailedPrecondition:  # the lease expired while we copied: send them by Put
-                return await self._put_grpc(items)
+                return await self._put_grpc(items, **opts)
         stored, fallback = shm.commit_results(resp.slots, commit)
         if fallback:
-            self._merge(stored, fallback, await self._put_grpc([items[i] for i in fallback]))
+            self._merge(stored, fallback, await self._put_grpc([items[i] for i in fallback], **opts))
         return stored
 
-    async def _put_grpc(self, items: Iterable) -> list[bool]:
-        pairs = wire.put_items(self.scope.proto(), items, codec=self.codec)
+    async def _put_grpc(self, items: Iterable, **opts) -> list[bool]:
+        pairs = wire.put_items(self.scope.proto(), items, codec=self.codec, **opts)
         stream = wire.put_stream(pairs, frame=self.frame_bytes)
         return [r.stored for r in (await self._call(self._put, stream)).results]
 
@@ -651,22 +654,23 @@ class AsyncClient(_Base):
             self._merge(results, fallback, await self._get_grpc([hashes[i] for i in fallback], None, False))
         return shm.Views(results, functools.partial(st.defer_release, resp.lease))
 
-    async def reserve(self, items: Sequence[tuple[bytes, int] | tuple[bytes, int, int]]) -> shm.Reservation:
+    async def reserve(self, items: Sequence[tuple[bytes, int] | tuple[bytes, int, int]], *, ttl_seconds: float = 0.0,
+                      ttl_sliding: bool = False, pin: bool = False) -> shm.Reservation:
         """As Client.reserve; `await reservation.commit()`."""
-        norm = self._reservation_items(items)
+        norm, opts = self._reservation_items(items), dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         plane = await self._plane() if self.codec is Codec.NONE else None
         resp = None
         if plane is not None:
             st = self._shm_state
-            req = pb.ShmReserveRequest(chunks=shm.reservation_headers(self.scope.proto(), norm),
+            req = pb.ShmReserveRequest(chunks=shm.reservation_headers(self.scope.proto(), norm, **opts),
                                        release=st.releases())
             resp = await self._call(self._shm.ShmReserve, req)
             if not st.current(plane, resp.nonce):
                 await self._release(resp.lease)
                 resp = None
-        return self._reservation(plane, norm, resp, self._commit_reserved)
+        return self._reservation(plane, norm, resp, functools.partial(self._commit_reserved, opts=opts))
 
-    async def _commit_reserved(self, r: shm.Reservation) -> list[bool]:
+    async def _commit_reserved(self, r: shm.Reservation, opts: dict) -> list[bool]:
         commit = None
         if r.lease:
             commit = await self._call(self._shm.ShmCommit,
@@ -674,7 +678,7 @@ class AsyncClient(_Base):
         stored, rest = self._reserved_results(r, commit)
         if rest:
             self._merge(stored, rest, await self._put_grpc([(r.items[i][0], r.views[i], r.items[i][2])
-                                                            for i in rest]))
+                                                            for i in rest], **opts))
         return stored
 
     async def shm_region(self) -> memoryview | None:

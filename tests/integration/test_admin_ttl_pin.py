@@ -96,3 +96,31 @@ def test_pins_survive_capacity_pressure_and_soft_pins_end(tmp_path):
         c.close()
     finally:
         d.stop()
+
+
+def test_async_client_puts_with_ttl_and_pin_over_grpc_and_shared_memory(tmp_path):
+    import asyncio
+
+    from kvbucket.clients.sdk import AsyncClient
+
+    d = start_daemon(tmp_path, "--unix-socket", str(tmp_path / "kv.sock"), env=CLOCK)
+    try:
+        async def main() -> None:
+            for url, first in ((d.url, 0), (d.info["unix_url"], 10)):
+                async with AsyncClient(url, namespace="ns1", model="m", layout=LAYOUT) as c:
+                    assert await c.put_many([(h(first), data(first))], ttl_seconds=60) == [True]
+                    assert await c.put_many([(h(first + 1), data(first + 1))], pin=True) == [True]
+                    r = await c.reserve([(h(first + 2), LAYOUT.chunk_bytes)], ttl_seconds=30, ttl_sliding=True)
+                    r.views[0][:] = data(first + 2)
+                    assert await r.commit() == [True]
+
+        asyncio.run(main())
+        for first in (0, 10):
+            (a,) = cli(d, "inspect", h(first).hex(), "--namespace", "ns1", "--model", "m")
+            assert a["ttl_seconds"] == 60 and a["expires_at"] > 0 and not a["pinned"]
+            (b,) = cli(d, "inspect", h(first + 1).hex(), "--namespace", "ns1", "--model", "m")
+            assert b["pinned"] and not b.get("expires_at")
+            (c,) = cli(d, "inspect", h(first + 2).hex(), "--namespace", "ns1", "--model", "m")
+            assert c["ttl_seconds"] == 30 and c["ttl_sliding"]
+    finally:
+        d.stop()
