@@ -180,6 +180,8 @@ class FastWireServer:
                 await self._dispatch(conn, ctx, method, body)
         except (_Closed, ConnectionError, OSError):
             pass
+        except Exception:  # a bug: say so, and drop the connection (the client retries the call by gRPC)
+            log.exception("fast wire: connection dropped after an unexpected error")
         finally:
             conn.sock.close()
 
@@ -274,6 +276,9 @@ class FastWireServer:
             self.metrics.rejected.labels(call.code.name.lower()).inc()
             await conn.error(call.code, str(exc))
             return
+        except BaseException:
+            call.failed()
+            raise
         finally:
             call.done()
         await conn.send(frame(0))

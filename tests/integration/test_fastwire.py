@@ -91,6 +91,7 @@ def test_sdk_round_trips_over_the_fast_wire(daemon):
         assert bytes(c.get(b"f0")) == data[0]  # a fresh connection after the one dropped above
     # Counted like their gRPC twins; Hello is the only other call.
     assert requests(daemon, "put") == 3 and requests(daemon, "hello") == 1
+    assert "unexpected error" not in daemon.log()
 
 
 def test_bad_input_is_refused_and_the_connection_stays_in_step(daemon):
