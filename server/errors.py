@@ -87,10 +87,14 @@ class _Call:
         self.start = time.perf_counter()
         self.code = grpc.StatusCode.OK
 
-    async def abort(self, context, exc: errors.KVBucketError) -> None:
+    def refuse(self, exc: errors.KVBucketError) -> grpc.StatusCode:
+        """Record that the call ends refused with `exc`'s status (counted as a rejection); the status."""
         self.code = status_of(exc)
         self.metrics.rejected.labels(self.code.name.lower()).inc()
-        await context.abort(self.code, str(exc))
+        return self.code
+
+    async def abort(self, context, exc: errors.KVBucketError) -> None:
+        await context.abort(self.refuse(exc), str(exc))
 
     def failed(self) -> None:
         """A bug or a cancelled call, not a refusal: gRPC reports it; we count it."""

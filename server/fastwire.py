@@ -242,8 +242,7 @@ class FastWireServer:
             inc.filled = len(inc.buf)
             result = await self.data._commit(inc)
         except errors.KVBucketError as exc:
-            call.code = status_of(exc)
-            self.metrics.rejected.labels(call.code.name.lower()).inc()
+            call.refuse(exc)
             if not received:  # keep the stream in step: skip the payload the client sent anyway
                 if h.payload_length > self.data.limits.max_chunk_bytes:
                     await conn.error(call.code, str(exc))
@@ -272,9 +271,7 @@ class FastWireServer:
             await conn.error(call.code, "malformed GET request")
             return
         except errors.KVBucketError as exc:
-            call.code = status_of(exc)
-            self.metrics.rejected.labels(call.code.name.lower()).inc()
-            await conn.error(call.code, str(exc))
+            await conn.error(call.refuse(exc), str(exc))
             return
         except BaseException:
             call.failed()
