@@ -250,8 +250,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
 
     async def _commit(self, pending: list[_Pending], checksums) -> pb.ShmCommitResponse:
         todo = [(p, c) for p, c in zip(pending, checksums, strict=True) if p.view is not None]
-        # On the loop: xxhash holds the GIL, so a thread would add a hand-off and a wake-up, no overlap.
-        sums = [checksum(p.view) for p, _ in todo]
+        sums = await _checksums([p.view for p, _ in todo])
         bad = next((p.key for (p, want), got in zip(todo, sums, strict=True) if got != want), None)
         if bad is not None:
             self.metrics.rejected.labels("checksum").inc()
@@ -385,6 +384,15 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         if lease is not None:
             lease.drop()
         return pb.ShmReleaseResponse(released=lease is not None)
+
+
+async def _checksums(views: list[np.ndarray]) -> list[int]:
+    """The xxh3 of each slot. One is hashed on the loop (a hand-off and a wake-up would cost more than
+    they save); several are spread over worker threads -- xxhash releases the GIL, so they run on as
+    many cores as there are."""
+    if len(views) <= 1:
+        return [checksum(v) for v in views]
+    return list(await asyncio.gather(*(asyncio.to_thread(checksum, v) for v in views)))
 
 
 class ShmCollector:
