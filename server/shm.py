@@ -8,7 +8,8 @@ held outside the arena -- put over gRPC, promoted from NVMe -- is copied into a 
 lease; the client copies and releases -- by listing the lease in its next request (`release`), so a
 get costs one round trip. ShmPut is the one-round-trip put: the client holds a *pool* of spare
 slots (a lease of kind "pool", refilled by each ShmPut), writes a chunk into one, and ShmPut
-verifies and stores it and refills the pool. A lease holds references to its slots; a slot goes back to
+verifies and stores it and refills the pool (evicting by policy when the arena is full, as a reserve
+does; a pool holds at most `pool_bytes`). A lease holds references to its slots; a slot goes back to
 the allocator only when nothing refers to it (server/arena.py), so a slot under a read lease is not
 reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
 released expires after `lease_seconds` and drops its references.
@@ -367,7 +368,9 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         for n in sizes:
             view = None
             if 0 < n <= self.data.limits.max_chunk_bytes and held + n <= self.pool_bytes:
-                view = self.arena.slot(n)  # free room only: nothing is evicted for a spare slot
+                # Made room for like a reserve's slot: a client asks for spares to put into them next,
+                # and a full cache (the normal state) must not cost its puts a second round trip.
+                view = self._slot(n)
             if view is None:
                 slots.append(pb.ShmSlot(fallback=True))
                 continue

@@ -405,6 +405,18 @@ def test_pool_refill_is_bounded_per_client(shm_daemon, raw):
     assert raw.stats().slots == 0
 
 
+def test_a_full_arena_still_refills_the_pool_one_round_trip_per_put(shm_daemon):
+    """The arena holds 16 chunks; 40 puts fill it 2.5 times, and every one is a single ShmPut."""
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        for i in range(40):
+            assert c.put(b"f%d" % i, chunk(2000 + i))
+        assert bytes(c.get(b"f39")) == chunk(2039)
+    assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') > 0
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="shm_put",status="OK"}') == 41  # + stocking
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="shm_reserve"') == 0
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 0
+
+
 def test_client_forgets_a_pool_idle_for_half_its_lease():
     from kvbucket.clients.shm import SlotPool
 
