@@ -104,6 +104,10 @@ class Conn:
         self._send(frame(method, request.SerializeToString()))
         return reply_type.FromString(self._reply())
 
+    def notify(self, method: Method, message) -> None:
+        """A one-way message (SHM_WRITTEN): sent, never answered."""
+        self._send(frame(method, message.SerializeToString()))
+
     def put(self, header: pb.PutRequest, payload: memoryview, timeout: float) -> pb.ChunkResult:
         self.sock.settimeout(timeout)
         self._send(frame(Method.PUT, header.SerializeToString()))

@@ -256,12 +256,14 @@ class ShmReserveResponse(_message.Message):
     def __init__(self, lease: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ..., nonce: _Optional[int] = ...) -> None: ...
 
 class ShmCommitRequest(_message.Message):
-    __slots__ = ("lease", "checksums")
+    __slots__ = ("lease", "checksums", "daemon_checksums")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    DAEMON_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     lease: int
     checksums: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, lease: _Optional[int] = ..., checksums: _Optional[_Iterable[int]] = ...) -> None: ...
+    daemon_checksums: bool
+    def __init__(self, lease: _Optional[int] = ..., checksums: _Optional[_Iterable[int]] = ..., daemon_checksums: bool = ...) -> None: ...
 
 class ShmCommitResponse(_message.Message):
     __slots__ = ("results",)
@@ -312,18 +314,30 @@ class ShmReleaseRequest(_message.Message):
     def __init__(self, lease: _Optional[int] = ...) -> None: ...
 
 class ShmPutRequest(_message.Message):
-    __slots__ = ("pool", "chunks", "offsets", "refill", "release")
+    __slots__ = ("pool", "chunks", "offsets", "refill", "release", "daemon_checksums")
     POOL_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     REFILL_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    DAEMON_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     pool: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkHeader]
     offsets: _containers.RepeatedScalarFieldContainer[int]
     refill: _containers.RepeatedScalarFieldContainer[int]
     release: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, pool: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., offsets: _Optional[_Iterable[int]] = ..., refill: _Optional[_Iterable[int]] = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
+    daemon_checksums: bool
+    def __init__(self, pool: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., offsets: _Optional[_Iterable[int]] = ..., refill: _Optional[_Iterable[int]] = ..., release: _Optional[_Iterable[int]] = ..., daemon_checksums: bool = ...) -> None: ...
+
+class ShmWritten(_message.Message):
+    __slots__ = ("pool", "offset", "written")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    pool: int
+    offset: int
+    written: int
+    def __init__(self, pool: _Optional[int] = ..., offset: _Optional[int] = ..., written: _Optional[int] = ...) -> None: ...
 
 class ShmPutResponse(_message.Message):
     __slots__ = ("pool", "results", "slots", "nonce")

@@ -100,6 +100,7 @@ class _Conn:
 class FastWireServer:
     def __init__(self, data: KVBucketService, shm: ShmService) -> None:
         self.data = data
+        self.shm = shm
         self.metrics = data.metrics
         self.unary = {
             Method.LOOKUP: (data.Lookup, pb.LookupRequest),
@@ -219,6 +220,11 @@ class FastWireServer:
                 await conn.error(grpc.StatusCode.INTERNAL, "internal error (see the daemon's log)")
                 return
             await conn.send(frame(0, reply.SerializeToString()))
+        elif method == Method.SHM_WRITTEN:  # one-way: a bad one is ignored (counted), never answered
+            try:
+                self.shm.written(self.data._caller(ctx), pb.ShmWritten.FromString(body))
+            except (DecodeError, errors.KVBucketError):
+                self.shm.announced["ignored"] += 1
         elif method == Method.PUT:
             await self._put(conn, ctx, body)
         elif method == Method.GET:

@@ -14,6 +14,12 @@ the allocator only when nothing refers to it (server/arena.py), so a slot under 
 reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
 released expires after `lease_seconds` and drops its references.
 
+Checksums: a client either gives each chunk's xxh3 (verified: DATA_LOSS on a mismatch) or sets
+`daemon_checksums` and the daemon stores its own. Either way the daemon reads every byte once; over the
+fast wire the writer announces the pieces it has copied (ShmWritten, one-way) and a single worker
+thread hashes each while the next is copied, so a commit waits only for the last piece
+(`written`, `_digests`).
+
 The servicer reuses the data-plane validation of server/service.py and the store's read path, so
 scopes, auth, hits, misses and metrics behave as with Put/Get.
 """
@@ -25,9 +31,11 @@ import gc
 import logging
 import secrets
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import xxhash
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument
@@ -45,11 +53,21 @@ MAKE_ROOM_TRIES = 8
 
 
 @dataclass(slots=True)
+class _Progress:
+    """A pool slot hashed piece by piece as its writer announces them (ShmWritten)."""
+    hasher: xxhash.xxh3_64
+    hashed: int = 0  # bytes [0, hashed) are handed to the hasher
+    last: Future | None = None  # the latest piece's hashing (one worker: pieces run in order); not an
+    # asyncio future, so a finished piece does not wake the event loop
+
+
+@dataclass(slots=True)
 class _Pending:
     key: EntryKey
     layout: Layout
     header: pb.ChunkHeader
     view: np.ndarray | None  # None: fallback (no room)
+    progress: _Progress | None = None
 
 
 @dataclass(slots=True)
@@ -61,6 +79,7 @@ class Lease:
     pending: list[_Pending] = field(default_factory=list)  # put
     held: list[np.ndarray] = field(default_factory=list)  # get
     spare: dict[int, np.ndarray] = field(default_factory=dict)  # pool: offset -> slot not yet written
+    progress: dict[int, _Progress] = field(default_factory=dict)  # pool: offset -> announced pieces
 
     @property
     def spare_bytes(self) -> int:
@@ -71,6 +90,7 @@ class Lease:
         self.pending.clear()
         self.held.clear()
         self.spare.clear()
+        self.progress.clear()
 
 
 class Leases:
@@ -134,6 +154,9 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.arena = arena
         self.leases = leases
         self.fallbacks = {"put": 0, "get": 0}
+        self.announced = {"hashed": 0, "ignored": 0}  # ShmWritten pieces
+        # One thread hashes every announced piece: FIFO, so a slot's pieces reach its hasher in order.
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="kvbucket-shm-hash")
         self.copied_in = 0
         # Spare slots one client's pool may hold: bounded so idle pools cannot starve the arena.
         self.pool_bytes = min(pool_bytes, arena.size // 4) if arena is not None else 0
@@ -157,6 +180,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             self.leases.sweep()
 
     def close(self) -> None:
+        self._hasher.shutdown(wait=True)
         if self.arena is not None:
             self.arena.close()
 
@@ -242,17 +266,25 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 "nothing was stored: put the chunks again"
             )
         try:
-            if len(request.checksums) != len(lease.pending):
+            if request.daemon_checksums and request.checksums:
+                raise InvalidArgument("give checksums or set daemon_checksums, not both")
+            if not request.daemon_checksums and len(request.checksums) != len(lease.pending):
                 raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} slots")
-            return await self._commit(lease.pending, request.checksums)
+            return await self._commit(lease.pending, None if request.daemon_checksums else request.checksums)
         finally:
             for p in lease.pending:  # slots not stored go back now, not when a traceback is collected
                 p.view = None
 
     async def _commit(self, pending: list[_Pending], checksums) -> pb.ShmCommitResponse:
-        todo = [(p, c) for p, c in zip(pending, checksums, strict=True) if p.view is not None]
-        sums = await _checksums([p.view for p, _ in todo])
-        bad = next((p.key for (p, want), got in zip(todo, sums, strict=True) if got != want), None)
+        """Store the written slots. `checksums`: what the client says each slot holds (any mismatch:
+        DATA_LOSS, nothing stored); None: the daemon's digests are stored."""
+        todo = [p for p in pending if p.view is not None]
+        sums = await self._digests(todo)
+        if checksums is not None:
+            given = [c for p, c in zip(pending, checksums, strict=True) if p.view is not None]
+            bad = next((p.key for p, want, got in zip(todo, given, sums, strict=True) if got != want), None)
+        else:
+            bad = None
         if bad is not None:
             self.metrics.rejected.labels("checksum").inc()
             raise DataLoss(
@@ -260,14 +292,50 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 "checksum given at commit; nothing of this lease was stored"
             )
         results = []
-        for p, want in todo:
+        for p, digest in zip(todo, sums, strict=True):
             n = len(p.view)
-            record, meta = raw_entry(p.key, p.layout, p.header, memoryview(p.view), want)
+            record, meta = raw_entry(p.key, p.layout, p.header, memoryview(p.view), digest)
             p.view = None  # the record holds the slot now
             await self.store.put(p.key, record, meta)
             self.metrics.bytes.labels("in").inc(n)
             results.append(pb.ChunkResult(hash=p.header.hash, stored=True))
         return pb.ShmCommitResponse(results=results)
+
+    async def _digests(self, pending: list[_Pending]) -> list[int]:
+        """The xxh3 of each slot: what its announcements started, finished on the same worker (it
+        runs pieces in order), or the whole slot at once."""
+        out = await _checksums([p.view for p in pending if p.progress is None])
+        whole = iter(out)
+        sums = []
+        for p in pending:
+            prog = p.progress
+            if prog is None:
+                sums.append(next(whole))
+                continue
+            if prog.hashed < len(p.view):
+                prog.last = self._hasher.submit(prog.hasher.update, p.view[prog.hashed :])
+            await asyncio.wrap_future(prog.last)
+            sums.append(prog.hasher.intdigest())
+        return sums
+
+    def written(self, caller, msg: pb.ShmWritten) -> None:
+        """ShmWritten (fast wire, no reply): bytes [0, written) of a pool slot are final; hash the new
+        ones now, on the worker. One that does not fit is ignored and the slot is hashed whole at
+        ShmPut -- announcing only moves the hashing earlier, it never changes what is stored."""
+        pool = self.leases.renew(msg.pool, caller.tenant, "pool") if self.arena is not None else None
+        view = pool.spare.get(msg.offset) if pool is not None else None
+        prog = pool.progress.get(msg.offset) if view is not None else None
+        start = prog.hashed if prog is not None else 0
+        if view is None or not start < msg.written <= len(view):
+            self.announced["ignored"] += 1
+            if pool is not None:
+                pool.progress.pop(msg.offset, None)
+            return
+        if prog is None:
+            prog = pool.progress[msg.offset] = _Progress(xxhash.xxh3_64())
+        prog.last = self._hasher.submit(prog.hasher.update, view[start : msg.written])
+        prog.hashed = msg.written
+        self.announced["hashed"] += 1
 
     @rpc("shm_get")
     async def ShmGet(self, request: pb.ShmGetRequest, context) -> pb.ShmGetResponse:
@@ -343,9 +411,10 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
     async def _put_from_pool(self, caller, pool: Lease, request: pb.ShmPutRequest) -> list[pb.ChunkResult]:
         # Every named slot leaves the pool first: whatever fails below, none stays half-used in it.
         views = [pool.spare.pop(off, None) for off in request.offsets]
+        progress = [pool.progress.pop(off, None) for off in request.offsets]
         pending: list[_Pending] = []
         try:
-            for h, off, view in zip(request.chunks, request.offsets, views, strict=True):
+            for h, off, view, prog in zip(request.chunks, request.offsets, views, progress, strict=True):
                 if view is None:
                     raise InvalidArgument(f"offset {off} is not a spare slot of pool {pool.id} (used already?)")
                 if h.codec != pb.CODEC_NONE:
@@ -353,9 +422,10 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 if len(view) != h.raw_length:
                     raise InvalidArgument(f"the slot at {off} holds {len(view)} bytes, the chunk {h.raw_length}")
                 key, layout = self.data.check_header(caller, h)
-                pending.append(_Pending(key, layout, h, view))
+                pending.append(_Pending(key, layout, h, view, prog))
             views.clear()
-            return list((await self._commit(pending, [h.checksum for h in request.chunks])).results)
+            given = None if request.daemon_checksums else [h.checksum for h in request.chunks]
+            return list((await self._commit(pending, given)).results)
         finally:  # slots not stored go back now, not when a traceback is collected
             views.clear()
             view = None  # noqa: F841 - the loop's last slot, held by this frame
@@ -423,6 +493,12 @@ class ShmCollector:
         for op, n in svc.fallbacks.items():
             fb.add_metric([op], n)
         yield fb
+        ann = CounterMetricFamily("kvbucket_shm_announced_pieces",
+                                  "ShmWritten announcements: hashed at once, or ignored (slot hashed at ShmPut)",
+                                  labels=["outcome"])
+        for outcome, n in svc.announced.items():
+            ann.add_metric([outcome], n)
+        yield ann
         yield CounterMetricFamily("kvbucket_shm_copied_in", "Entries copied into the arena for a shm Get",
                                   value=svc.copied_in)
 

@@ -539,3 +539,133 @@ def test_socket_puts_leave_a_quarter_of_the_arena_to_shared_memory_puts(shm_daem
         assert c.put(b"local", chunk(99))
         assert c.exists([b"t%d" % i for i in range(14)] + [b"local"]) == [True] * 15  # nothing evicted
     assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') == 0
+
+
+# -- checksums by the daemon, and pieces announced while the writer copies (ShmWritten) ----------------
+
+
+def fast_conn(d):
+    from kvbucket.clients.fastwire import Conn
+
+    return Conn(d.info["unix_url"].removeprefix("kvbucket+unix://") + ".fast", None, 10)
+
+
+def announce(conn, pool: int, offset: int, written: int) -> None:
+    from kvbucket.core.fastwire import Method
+
+    conn.notify(Method.SHM_WRITTEN, pb.ShmWritten(pool=pool, offset=offset, written=written))
+
+
+def announced(d, outcome: str) -> float:
+    return metric(d, f'kvbucket_shm_announced_pieces_total{{outcome="{outcome}"}}')
+
+
+def test_announced_pieces_are_hashed_as_they_land_and_the_stored_checksum_is_the_bytes(shm_daemon, raw):
+    from kvbucket.core.fastwire import Method
+
+    data = chunk(80)
+    conn = fast_conn(shm_daemon)
+    opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK]))
+    pool, off = opened.pool, opened.slots[0].offset
+    quarter = CHUNK // 4
+    for end in range(quarter, CHUNK + 1, quarter):  # copy a piece, announce it
+        raw.mm[off + end - quarter : off + end] = data[end - quarter : end]
+        announce(conn, pool, off, end)
+    req = pb.ShmPutRequest(pool=pool, chunks=[raw.header(b"ann")], offsets=[off], daemon_checksums=True)
+    assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored
+    assert announced(shm_daemon, "hashed") == 4 and announced(shm_daemon, "ignored") == 0
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert bytes(c.get(b"ann")) == data  # shared memory: verified against the daemon's checksum
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp:
+        assert bytes(tcp.get(b"ann")) == data  # the socket: verified again after the transfer
+    conn.close()
+
+
+def test_a_byte_changed_after_its_announcement_is_refused_at_commit_or_never_served(shm_daemon, raw):
+    from kvbucket.core.fastwire import Method
+
+    data = chunk(81)
+    conn = fast_conn(shm_daemon)
+    for name, given in ((b"verified", True), (b"trusted", False)):
+        opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK, CHUNK]))
+        pool, (off, other) = opened.pool, [s.offset for s in opened.slots]
+        raw.mm[off : off + CHUNK] = data
+        raw.mm[other : other + CHUNK] = data
+        announce(conn, pool, off, CHUNK // 2)
+        announce(conn, pool, other, CHUNK)
+        # One worker hashes pieces in order: once `other` is stored, the half of `off` was hashed.
+        req = pb.ShmPutRequest(pool=pool, chunks=[raw.header(name + b"-other")], offsets=[other],
+                               daemon_checksums=True)
+        assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored
+        raw.mm[off + 5] ^= 0xFF  # the writer scribbles on bytes it announced
+        header = raw.header(name, checksum=checksum(raw.mm[off : off + CHUNK]) if given else 0)
+        req = pb.ShmPutRequest(pool=pool, chunks=[header], offsets=[off], daemon_checksums=not given)
+        if given:  # the writer's checksum is of the bytes now there; the daemon hashed the old ones
+            with pytest.raises(DataLoss):
+                conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10)
+        else:  # stored with what the daemon read: every reader checks it, none is given wrong bytes
+            assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored
+    conn.close()
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.exists([b"verified", b"trusted"]) == [False, True]
+        with pytest.raises(DataLoss):
+            c.get(b"trusted")
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp, pytest.raises(DataLoss):
+        tcp.get(b"trusted")
+
+
+def test_announcements_that_do_not_fit_are_ignored_and_the_slot_is_hashed_whole(shm_daemon, raw):
+    from kvbucket.core.fastwire import Method
+
+    data = chunk(82)
+    conn = fast_conn(shm_daemon)
+    opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK]))
+    pool, off = opened.pool, opened.slots[0].offset
+    raw.mm[off : off + CHUNK] = data
+    announce(conn, pool, off, CHUNK // 2)
+    announce(conn, pool, off, CHUNK // 4)  # not growing: this slot's progress is dropped
+    announce(conn, pool, off, CHUNK + 1)  # past the slot
+    announce(conn, pool, off + 4096, 10)  # not a slot of the pool
+    announce(conn, 12345, off, 10)  # not a pool
+    announce(conn, pool, off, CHUNK)  # starts over: hashed from byte 0 after all
+    conn.notify(Method.SHM_WRITTEN, pb.ShmReleaseRequest(lease=1))  # not a ShmWritten at all
+    req = pb.ShmPutRequest(pool=pool, chunks=[raw.header(b"odd", checksum=checksum(data))], offsets=[off])
+    assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored  # no reply was queued
+    assert announced(shm_daemon, "ignored") >= 5
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert bytes(c.get(b"odd")) == data
+    conn.close()
+
+
+def test_commit_with_daemon_checksums_and_its_bad_input(shm_daemon, raw):
+    data = chunk(83)
+    r = raw.reserve(b"gpu")  # what a GPU writer does: reserve, a kernel fills the slot, commit
+    raw.mm[r.slots[0].offset : r.slots[0].offset + CHUNK] = data
+    with pytest.raises(grpc.RpcError) as e:
+        raw.stub.ShmCommit(pb.ShmCommitRequest(lease=r.lease, checksums=[checksum(data)], daemon_checksums=True))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in e.value.details()
+    r = raw.reserve(b"gpu")
+    raw.mm[r.slots[0].offset : r.slots[0].offset + CHUNK] = data
+    assert raw.stub.ShmCommit(pb.ShmCommitRequest(lease=r.lease, daemon_checksums=True)).results[0].stored
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert bytes(c.get(b"gpu")) == data
+
+
+def test_the_sdk_announces_the_pieces_of_a_large_chunk(tmp_path):
+    from kvbucket.clients.shm import ANNOUNCE
+
+    big = Layout("bfloat16", (4, 2, 256, 8, 128), tokens_per_chunk=256)  # 4 MiB: two announced pieces
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "64MiB")
+    try:
+        data = np.random.default_rng(84).integers(0, 256, big.chunk_bytes, dtype=np.uint8).tobytes()
+        with Client(unix_url(d), model="m", layout=big) as c:
+            assert c.put(b"big", data) and bytes(c.get(b"big")) == data
+        assert announced(d, "hashed") == big.chunk_bytes // ANNOUNCE and announced(d, "ignored") == 0
+        small = [chunk(85 + i) for i in range(3)]
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:  # a batch: each chunk but the last
+            assert c.put_many([(b"s%d" % i, x) for i, x in enumerate(small)]) == [True] * 3
+            assert [bytes(x) for x in c.get_many([b"s0", b"s1", b"s2"])] == small
+        assert announced(d, "hashed") == big.chunk_bytes // ANNOUNCE + 2 and announced(d, "ignored") == 0
+        assert metric(d, 'kvbucket_server_requests_total{op="put"') == 0
+    finally:
+        d.stop()
