@@ -220,6 +220,11 @@ class MemoryTier(Tier):
 
     # buffers
 
+    @property
+    def free_bytes(self) -> int:
+        """Capacity not in use: a put of more evicts."""
+        return self.capacity_bytes - self._bytes
+
     def allocate(self, n: int) -> bytearray:
         """A buffer to receive a payload into: from the pool when there is one."""
         return self.pool.acquire(n) if self.pool else bytearray(n)

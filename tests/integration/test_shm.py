@@ -405,6 +405,23 @@ def test_pool_refill_is_bounded_per_client(shm_daemon, raw):
     assert raw.stats().slots == 0
 
 
+def test_socket_puts_into_a_full_cache_land_in_the_arena(shm_daemon):
+    """Arena 16 chunks, RAM 32 (LRU). Once the RAM tier is full a socket put evicts anyway: it is
+    received into an arena slot (freed by evicting an arena entry if need be), not into freshly
+    faulted heap memory -- a shared-memory get of it then needs no copy into the arena."""
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put_many([(b"a%d" % i, chunk(i)) for i in range(16)]) == [True] * 16
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp:
+        assert tcp.put_many([(b"t%d" % i, chunk(100 + i)) for i in range(16)]) == [True] * 16
+        assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') == 0  # now full
+        assert tcp.put_many([(b"u%d" % i, chunk(200 + i)) for i in range(6)]) == [True] * 6
+    assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') >= 6
+    copied = metric(shm_daemon, "kvbucket_shm_copied_in_total")
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert [bytes(x) for x in c.get_many([b"u%d" % i for i in range(6)])] == [chunk(200 + i) for i in range(6)]
+    assert metric(shm_daemon, "kvbucket_shm_copied_in_total") == copied
+
+
 def test_a_full_arena_still_refills_the_pool_one_round_trip_per_put(shm_daemon):
     """The arena holds 16 chunks; 40 puts fill it 2.5 times, and every one is a single ShmPut."""
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
