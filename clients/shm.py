@@ -27,27 +27,20 @@ import os
 import struct
 import threading
 import time
-from concurrent import futures
 
 import numpy as np
-import xxhash
 
 from kvbucket.clients import wire
+from kvbucket.clients.hashing import PIECE, TrailingHash
 from kvbucket.clients.wire import as_bytes
 from kvbucket.core import errors
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
 log = logging.getLogger(__name__)
-# Chunks up to PIECE are copied then hashed in the calling thread (the hash reads from cache: ~0.06 ms
-# for 2 MiB). Larger ones are copied PIECE at a time while a worker thread hashes the piece before:
-# numpy's copy and xxhash both release the GIL, so the hash runs on the other core and a 32 MiB
-# copy-and-hash takes about as long as the copy (a hand-off costs ~30 us, hence not smaller pieces).
-PIECE = 4 << 20
 # A put announces each ANNOUNCE bytes it has copied (ShmWritten): the daemon hashes them while the next
 # are copied. Measured here, 32 MiB: 1-2 MiB pieces ~6 ms, 8 MiB ~9 ms (as hashing it all at commit).
 ANNOUNCE = 2 << 20
-_hasher = futures.ThreadPoolExecutor(1, thread_name_prefix="kvbucket-xxh3")
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
 
@@ -139,28 +132,26 @@ def _held(resp: pb.ShmGetResponse, fallback: list[int]):
 
 def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     """dst[:] = src for each `(dst, src)`; the xxh3_64 of the bytes now in each dst (hashed after the
-    copy, so a checksum vouches for what landed). One chunk of up to PIECE is copied then hashed here;
-    otherwise this thread copies while the worker hashes what was copied before (piece by piece)."""
+    copy, so a checksum vouches for what landed). One chunk of up to PIECE is copied then hashed here
+    (from cache: ~0.06 ms for 2 MiB); otherwise this thread copies while the worker hashes what was
+    copied before, and a 32 MiB copy-and-hash takes about as long as the copy."""
     if len(pairs) == 1 and len(pairs[0][1]) <= PIECE:
         dst, src = pairs[0]
         dst[:] = src
         return [checksum(dst)]
-    hashers: list[xxhash.xxh3_64] = []
-    hashing = []
+    hashes = []
     try:
         for dst, src in pairs:
             d = np.frombuffer(dst, dtype=np.uint8)
             s = np.frombuffer(src, dtype=np.uint8)
-            h = xxhash.xxh3_64()
+            hashes.append(h := TrailingHash())
             for off in range(0, len(s), PIECE):
                 np.copyto(d[off : off + PIECE], s[off : off + PIECE])
-                hashing.append(_hasher.submit(h.update, dst[off : off + PIECE]))
-            hashers.append(h)
+                h.update(dst[off : off + PIECE])
     finally:  # the worker must be done with every dst before the caller may reuse it, even after an error
-        futures.wait(hashing)
-    for f in hashing:
-        f.result()
-    return [h.intdigest() for h in hashers]
+        for h in hashes:
+            h.wait()
+    return [h.intdigest() for h in hashes]
 
 
 def reserve_request(scope: pb.Scope, items, **opts) -> tuple[pb.ShmReserveRequest, list[memoryview]]:
