@@ -6,13 +6,13 @@ match (proof that this is the daemon's arena, not a file of the same name on ano
 of that fails the client uses gRPC streaming for good and logs it once.
 
 Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_at` (copy in,
-announcing each piece of a large chunk over the fast wire so the daemon hashes it meanwhile) -> ShmPut,
-which stores them with the daemon's checksums and refills the pool. When the
-pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
-two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
-Get, one round trip: ShmGet -> `ShmPlane.read` (copy out, verify: a worker thread hashes each piece
-right behind the copy); the lease is released by the next
-request (`Attachment.defer_release`), or at close. Both SDK clients are thin shells over these.
+announcing each piece copied over the fast wire, so the daemon hashes it meanwhile) -> ShmPut, which
+stores them with the daemon's checksums and refills the pool. When the pool has no slots of the sizes
+needed, one ShmPut stocks it first; when the daemon grants none, the two-step ShmReserve -> write ->
+ShmCommit is used, and chunks it marks `fallback` go through Put.
+Get, one round trip: ShmGet -> `ShmPlane.read` (copy out and verify: a worker thread hashes each piece
+right behind the copy); the lease is released by the next request (`Attachment.defer_release`), or at
+close. Both SDK clients are thin shells over these.
 
 `register_with_cuda(view)` page-locks a mapped region for CUDA (cudaHostRegister) so GPU copies
 into it run as DMA; `Client.shm_region()` is the region.

@@ -57,8 +57,9 @@ class _Progress:
     """A pool slot hashed piece by piece as its writer announces them (ShmWritten)."""
     hasher: xxhash.xxh3_64
     hashed: int = 0  # bytes [0, hashed) are handed to the hasher
-    last: Future | None = None  # the latest piece's hashing (one worker: pieces run in order); not an
-    # asyncio future, so a finished piece does not wake the event loop
+    # The latest piece's hashing (one worker runs pieces in order). A concurrent future, not an
+    # asyncio one: a finished piece does not wake the event loop.
+    last: Future | None = None
 
 
 @dataclass(slots=True)
