@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 REDIAL_SECONDS = 5.0  # after a connection broke (the daemon restarted, say)
 UNREACHABLE_SECONDS = 60.0  # after a connect failed (the port is not published where the client is)
 CONNECT_SECONDS = 1.0  # a filtered port must not cost a whole call timeout
+# Measured here (GET into a warm buffer, hashed): 32 MiB p50 ~10 ms receiving whatever is there vs
+# ~8 ms in 128 KiB pieces (64 KiB: no better, 512 KiB and more: no gain); 2 MiB 0.74 vs 0.60 ms.
+HASHED_RECV = 128 << 10
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
@@ -67,12 +70,14 @@ class Conn:
             raise Broken(str(exc)) from None
 
     def _fill(self, buf: memoryview, hasher=None) -> None:
-        """Receive exactly len(buf) bytes; `hasher` (xxh3) is fed each piece as it lands (cache-hot, and
-        while the daemon sends the next)."""
+        """Receive exactly len(buf) bytes; `hasher` (xxh3) is fed each piece as it lands, while the
+        daemon sends the next. A hashed receive takes at most HASHED_RECV bytes at a time, so the hash
+        reads them from L1/L2 right after the kernel wrote them there."""
         got = 0
+        most = HASHED_RECV if hasher is not None else len(buf)
         try:
             while got < len(buf):
-                n = self.sock.recv_into(buf[got:])
+                n = self.sock.recv_into(buf[got:], min(most, len(buf) - got))
                 if n == 0:
                     raise Broken("the daemon closed the connection")
                 if hasher is not None:
