@@ -648,7 +648,7 @@ def test_announcements_that_do_not_fit_are_ignored_and_the_slot_is_hashed_whole(
     conn.notify(Method.SHM_WRITTEN, pb.ShmReleaseRequest(lease=1))  # not a ShmWritten at all
     req = pb.ShmPutRequest(pool=pool, chunks=[raw.header(b"odd", checksum=checksum(data))], offsets=[off])
     assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored  # no reply was queued
-    assert announced(shm_daemon, "ignored") >= 5
+    assert announced(shm_daemon, "ignored") == 5 and announced(shm_daemon, "hashed") == 2
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         assert bytes(c.get(b"odd")) == data
     conn.close()
