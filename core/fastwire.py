@@ -32,6 +32,11 @@ import struct
 
 HEAD = struct.Struct("<IB")
 MAX_MESSAGE = 64 << 20  # a control message larger than this is refused (bulk bytes are not messages)
+# Both ends hash raw chunk bytes as they arrive, at most this much per receive, so the hash reads them
+# from L1/L2 right after the kernel wrote them. Measured here (client GET into a warm buffer): 32 MiB
+# p50 ~10 ms receiving whatever is there vs ~8 ms in 128 KiB pieces (64 KiB: no better, 512 KiB and
+# more: no gain); 2 MiB 0.74 vs 0.60 ms.
+HASHED_RECV = 128 << 10
 
 
 class Method(enum.IntEnum):

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from kvbucket.core import errors
-from kvbucket.core.fastwire import HEAD, MAX_MESSAGE, Method, frame, tune_socket
+from kvbucket.core.fastwire import HASHED_RECV, HEAD, MAX_MESSAGE, Method, frame, tune_socket
 from kvbucket.proto import store_pb2 as pb
 from kvbucket.server.errors import _Call, status_of
 from kvbucket.server.service import KVBucketService
@@ -59,13 +59,18 @@ class _Conn:
         self.loop, self.sock = loop, sock
         self._head = bytearray(HEAD.size)
 
-    async def fill(self, buf) -> None:
+    async def fill(self, buf, hasher=None) -> None:
+        """Receive exactly len(buf) bytes. `hasher` (xxh3) is fed each piece as it lands: at most
+        HASHED_RECV bytes at a time, so it reads them from L1/L2 right after the kernel wrote them."""
         view = memoryview(buf).cast("B")
+        most = HASHED_RECV if hasher is not None else len(view)
         got = 0
         while got < len(view):
-            n = await self.loop.sock_recv_into(self.sock, view[got:])
+            n = await self.loop.sock_recv_into(self.sock, view[got : got + most])
             if n == 0:
                 raise _Closed()
+            if hasher is not None:
+                hasher.update(view[got : got + n])
             got += n
 
     async def head(self) -> tuple[int, int] | None:
@@ -243,7 +248,7 @@ class FastWireServer:
         received = False
         try:
             inc = self.data._begin(self.data._caller(ctx), h)
-            await conn.fill(inc.buf)
+            await conn.fill(inc.buf, inc.hasher)
             received = True
             inc.filled = len(inc.buf)
             result = await self.data._commit(inc)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+import xxhash
 
 from kvbucket.core import frames
 from kvbucket.core.codecs import Codec, decompress
@@ -46,7 +47,7 @@ def layout_from_proto(msg: pb.Layout) -> Layout:
 class _Incoming:
     """One chunk of a Put stream, assembled into a single buffer as its frames arrive."""
 
-    __slots__ = ("key", "header", "layout", "buf", "filled")
+    __slots__ = ("key", "header", "layout", "buf", "filled", "hasher")
 
     def __init__(self, key: EntryKey, header: pb.ChunkHeader, layout: Layout, buf) -> None:
         self.key = key
@@ -54,6 +55,9 @@ class _Incoming:
         self.layout = layout
         self.buf = buf  # a bytearray, or a memoryview of an arena slot (KVBucketService.allocate)
         self.filled = 0
+        # Raw bytes are hashed piece by piece as they land (from cache), not in one pass over the
+        # whole chunk at commit; a compressed payload is checked after decompression instead.
+        self.hasher = xxhash.xxh3_64() if header.codec == pb.CODEC_NONE else None
 
     def write(self, data: bytes) -> None:
         end = self.filled + len(data)
@@ -63,6 +67,8 @@ class _Incoming:
                 f"payload_length {len(self.buf)}"
             )
         self.buf[self.filled : end] = data
+        if self.hasher is not None:
+            self.hasher.update(memoryview(self.buf)[self.filled : end])
         self.filled = end
 
     @property
@@ -210,9 +216,11 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         codec = Codec(h.codec)
         if codec is Codec.NONE:
             raw = inc.buf
+            got = inc.hasher.intdigest()
         else:
             raw = await asyncio.to_thread(decompress, codec, inc.buf, h.raw_length)
-        if checksum(raw) != h.checksum:
+            got = checksum(raw)
+        if got != h.checksum:
             self.metrics.rejected.labels("checksum").inc()
             raise DataLoss(
                 f"chunk {inc.key.hash.hex()[:16]}: bytes do not match the header checksum (corrupted in transit?); "

@@ -90,6 +90,9 @@ CASES = {
     "length mismatch": ([header(data=DATA[:-2]), *frames(DATA[:-2])], grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
     "unknown codec": ([header(codec=9), *frames()], grpc.StatusCode.INVALID_ARGUMENT, "codec"),
     "checksum mismatch": ([header(checksum=12345), *frames()], grpc.StatusCode.DATA_LOSS, "checksum"),
+    # Raw bytes are hashed frame by frame as they arrive: a change in any frame still fails the check.
+    "byte changed in the last frame": ([header(), *frames(DATA[:-1] + bytes([DATA[-1] ^ 1]), 4096)],
+                                       grpc.StatusCode.DATA_LOSS, "checksum"),
     "truncated stream": ([header(), pb.PutRequest(data=DATA[:1000])], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
     "header before chunk ends": (
         [header(), pb.PutRequest(data=DATA[:1000]), header(h=b"other"), *frames()],

@@ -102,11 +102,16 @@ def test_bad_input_is_refused_and_the_connection_stays_in_step(daemon):
         assert status == 3 and b"chunk is 1000 bytes" in msg  # INVALID_ARGUMENT
         status, msg = raw.put(b"corrupt", chunk(2), checksum=12345)
         assert status == 15 and b"checksum" in msg  # DATA_LOSS
+        for at in (0, CHUNK // 2 + 7, CHUNK - 1):  # hashed as received, piece by piece: each piece counts
+            flipped = bytearray(chunk(4))
+            flipped[at] ^= 0x20
+            status, msg = raw.put(b"flipped", bytes(flipped), checksum=checksum(chunk(4)))
+            assert status == 15 and b"checksum" in msg, at
         status, body = raw.put(b"good", chunk(3))
         assert status == 0 and pb.PutResponse.FromString(body).results[0].stored
-        raw.send(Method.GET, pb.GetRequest(scope=SCOPE, hashes=[b"corrupt", b"good"]).SerializeToString())
-        first = pb.GetResponse.FromString(raw.reply()[1])
-        assert first.HasField("miss")  # nothing of the refused chunk was stored
+        raw.send(Method.GET, pb.GetRequest(scope=SCOPE, hashes=[b"corrupt", b"flipped", b"good"]).SerializeToString())
+        for _ in range(2):  # nothing of the refused chunks was stored
+            assert pb.GetResponse.FromString(raw.reply()[1]).HasField("miss")
         header = pb.GetResponse.FromString(raw.reply()[1]).header
         assert raw.read(header.payload_length) == chunk(3)
         assert raw.reply() == (0, b"")  # end of the stream
