@@ -558,6 +558,29 @@ def test_socket_puts_leave_a_quarter_of_the_arena_to_shared_memory_puts(shm_daem
     assert metric(shm_daemon, 'kvbucket_store_evictions_total{tier="ram"}') == 0
 
 
+def test_an_arena_as_large_as_the_ram_tier_takes_every_socket_put(tmp_path):
+    """Arena = RAM tier (the sizing the README advises): the quarter kept free for shared-memory puts
+    shrinks to the RAM tier's remaining room, so no socket put lands in freshly faulted heap memory."""
+    sock = tmp_path / "kv.sock"
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(sock), "--shm-size", "32MiB", "--ram-capacity", "32MiB",
+                     "--ram-policy", "lru")
+    try:
+        with Client(d.url, model="m", layout=LAYOUT, shm=False) as tcp:
+            assert tcp.put_many([(b"t%d" % i, chunk(i)) for i in range(15)]) == [True] * 15
+            assert metric(d, "kvbucket_shm_slots") == 15  # each in the arena (a quarter rule: 12)
+            assert metric(d, 'kvbucket_store_evictions_total{tier="ram"}') == 0
+            assert tcp.put(b"t15", chunk(15))  # the RAM tier is full now
+        assert metric(d, "kvbucket_shm_slots") == 16
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            assert c.put(b"local", chunk(99)) and bytes(c.get(b"local")) == chunk(99)
+            # Room for that put and the client's spare slots was made by policy (LRU): the oldest went.
+            present = c.exists([b"t%d" % i for i in range(16)])
+            assert present == sorted(present) and not present[0] and present[-1]
+            assert all(bytes(c.get(b"t%d" % i)) == chunk(i) for i in range(16) if present[i])
+    finally:
+        d.stop()
+
+
 # -- checksums by the daemon, and pieces announced while the writer copies (ShmWritten) ----------------
 
 
