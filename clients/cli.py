@@ -46,6 +46,9 @@ def serve(
     ram: Annotated[bool | None, typer.Option("--ram/--no-ram")] = None,
     ram_capacity: Annotated[str | None, typer.Option(help="e.g. 8GiB")] = None,
     ram_policy: Annotated[str | None, typer.Option(help="s3fifo | lru")] = None,
+    ram_prefault: Annotated[bool | None, typer.Option(
+        "--ram-prefault/--no-ram-prefault",
+        help="fault in the RAM tier's memory at start (default off): no page faults while the cache fills")] = None,
     nvme: Annotated[bool | None, typer.Option("--nvme/--no-nvme")] = None,
     nvme_path: Annotated[Path | None, typer.Option()] = None,
     nvme_capacity: Annotated[str | None, typer.Option()] = None,
@@ -76,7 +79,7 @@ def serve(
     flat = dict(host=host, port=port, unix_socket=unix_socket, metrics_port=metrics_port, data_dir=data_dir,
                 ready_file=ready_file, log_level=log_level)
     nested = {
-        "ram": dict(enabled=ram, capacity=ram_capacity, policy=ram_policy),
+        "ram": dict(enabled=ram, capacity=ram_capacity, policy=ram_policy, prefault=ram_prefault),
         "nvme": dict(enabled=nvme, path=nvme_path, capacity=nvme_capacity),
         "s3": dict(enabled=s3 if s3 is not None else (True if s3_bucket else None), bucket=s3_bucket,
                    endpoint_url=s3_endpoint, prefix=s3_prefix),

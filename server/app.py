@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 import kvbucket
-from kvbucket.core.buffers import tune_malloc
+from kvbucket.core.buffers import prefault_heap, tune_malloc
 from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
@@ -100,6 +101,7 @@ class Daemon:
         self._flusher: asyncio.Task | None = None
         self.port = 0
         self.metrics_port = -1
+        self.prefaulted = 0
 
     async def start(self) -> None:
         s = self.settings
@@ -120,6 +122,8 @@ class Daemon:
         data = KVBucketService(self.store, self.auth, self.metrics, Limits(frame, int(s.max_chunk_bytes)))
         add_data_plane(data, self.server)
         self._start_shm(data)
+        if s.ram.enabled and s.ram.prefault:
+            self._prefault_ram()
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminService(self.store, self.auth, self.metrics, kvbucket.__version__, owner=self.owner,
                          clock=self.clock, debug_clock=s.admin.debug_clock),
@@ -201,6 +205,25 @@ class Daemon:
             except Exception as exc:  # a failing disk is reported by its writes; keep trying
                 log.warning("NVMe flush failed: %s", exc)
 
+    def _prefault_ram(self) -> None:
+        """Fault in the heap the RAM tier will fill (its capacity less the arena, which is pre-faulted
+        already), so chunks received while the cache fills up land in warm memory. Runs on the event
+        loop's thread: the one whose malloc heap receives them."""
+        arena = self.shm.arena.size if self.shm is not None and self.shm.arena is not None else 0
+        want = max(0, int(self.settings.ram.capacity) - arena)
+        room = _mem_available() - (1 << 30)
+        if want > room:
+            log.warning("ram.prefault: %d MiB asked, %d MiB available (less 1 GiB): faulting in that much",
+                        want >> 20, max(0, room) >> 20)
+            want = max(0, room)
+        t0 = time.monotonic()
+        self.prefaulted = prefault_heap(want)
+        if want and not self.prefaulted:
+            log.warning("ram.prefault: not supported here (needs glibc's malloc on Linux); RAM pages fault in on use")
+        else:
+            log.info("RAM tier: %d MiB of heap faulted in at start (%.1f s)", self.prefaulted >> 20,
+                     time.monotonic() - t0)
+
     def _announce(self) -> None:
         s = self.settings
         info = {
@@ -212,6 +235,7 @@ class Daemon:
             "shm": str(self.shm.arena.path) if self.shm and self.shm.arena else None,
             "fast_port": self.fast.port if self.fast else None,
             "auth": self.auth.enabled,
+            "ram_prefaulted": self.prefaulted,
         }
         log.info("kvbucket %s serving %s", kvbucket.__version__, json.dumps(info))
         if s.ready_file is not None:
@@ -235,6 +259,18 @@ class Daemon:
     async def wait(self) -> None:
         assert self.server is not None
         await self.server.wait_for_termination()
+
+
+def _mem_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes (unbounded where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except OSError:
+        pass
+    return 1 << 62
 
 
 async def run(settings: Settings) -> None:
