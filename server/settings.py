@@ -30,7 +30,7 @@ class RamSettings(BaseModel):
     capacity: ByteSize = ByteSize(4 << 30)
     policy: Literal["s3fifo", "lru"] = "s3fifo"
     # Fault in the tier's memory at start (its capacity less the shm arena, pre-faulted already): a
-    # filling cache then receives chunks into warm memory (2 MiB over the fast wire ~1.5x faster here),
+    # filling cache then receives chunks into warm memory (fast-wire puts ~1.8-2x faster here, README),
     # at the price of that much RSS from the start and ~0.3 s per GiB of start-up.
     prefault: bool = False
 
