@@ -156,7 +156,7 @@ def prefault_heap(nbytes: int) -> int:
     sit below it, where glibc never trims, instead of merging into the top of the heap (trimmed past
     2 GiB). Later `malloc`s from this thread -- the daemon's event loop receiving chunks -- are carved
     from them without page faults. Call from the thread that will allocate (other threads get other
-    malloc arenas), after any `tune_malloc()`. Measured here: ~0.3 s per GiB; afterwards
+    malloc arenas), after any `tune_malloc()`. Measured here: 0.3-0.5 s per GiB; afterwards
     `bytearray(2 MiB)` 0.22 ms instead of 1.4 ms (its pages fault on first touch).
     """
     tuning = tune_malloc()

@@ -30,8 +30,8 @@ class RamSettings(BaseModel):
     capacity: ByteSize = ByteSize(4 << 30)
     policy: Literal["s3fifo", "lru"] = "s3fifo"
     # Fault in the tier's memory at start (its capacity less the shm arena, pre-faulted already): a
-    # filling cache then receives chunks into warm memory (fast-wire puts ~1.8-2x faster here, README),
-    # at the price of that much RSS from the start and ~0.3 s per GiB of start-up.
+    # filling cache then receives chunks into warm memory (fast-wire puts ~1.9x faster here: benchmarks/bench_fill.py),
+    # at the price of that much RSS from the start and 0.3-0.5 s per GiB of start-up.
     prefault: bool = False
 
 
