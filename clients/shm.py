@@ -29,6 +29,7 @@ import threading
 import time
 
 import numpy as np
+import xxhash
 
 from kvbucket.clients import wire
 from kvbucket.clients.hashing import PIECE, TrailingHash
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # A put announces each ANNOUNCE bytes it has copied (ShmWritten): the daemon hashes them while the next
 # are copied. Measured here, 32 MiB: 1-2 MiB pieces ~6 ms, 8 MiB ~9 ms (as hashing it all at commit).
 ANNOUNCE = 2 << 20
+FUSED = 256 << 10  # copy-then-hash step of a single-chunk get (64 KiB-512 KiB measured alike)
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
 
@@ -132,13 +134,17 @@ def _held(resp: pb.ShmGetResponse, fallback: list[int]):
 
 def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     """dst[:] = src for each `(dst, src)`; the xxh3_64 of the bytes now in each dst (hashed after the
-    copy, so a checksum vouches for what landed). One chunk of up to PIECE is copied then hashed here
-    (from cache: ~0.06 ms for 2 MiB); otherwise this thread copies while the worker hashes what was
-    copied before, and a 32 MiB copy-and-hash takes about as long as the copy."""
+    copy, so a checksum vouches for what landed). One chunk of up to PIECE is copied and hashed here,
+    FUSED bytes at a time, each piece hashed from L2 right after its copy (2 MiB: 0.30 ms against 0.34
+    for a whole copy then a whole hash, the copy alone 0.24); otherwise this thread copies while the
+    worker hashes what was copied before, and a 32 MiB copy-and-hash takes about as long as the copy."""
     if len(pairs) == 1 and len(pairs[0][1]) <= PIECE:
         dst, src = pairs[0]
-        dst[:] = src
-        return [checksum(dst)]
+        h = xxhash.xxh3_64()
+        for off in range(0, len(src), FUSED):
+            dst[off : off + FUSED] = src[off : off + FUSED]
+            h.update(dst[off : off + FUSED])
+        return [h.intdigest()]
     hashes = []
     try:
         for dst, src in pairs:
