@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvbucket.clients.shm import PIECE, copy_hash
+from kvbucket.clients.shm import FUSED, PIECE, copy_hash
 from kvbucket.core.record import checksum
 
-EDGES = [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 5]
+EDGES = [0, 1, FUSED - 1, FUSED, FUSED + 1, (2 << 20) + 3, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 5]
 
 
 def _pairs(sizes: list[int], seed: int):
