@@ -96,7 +96,15 @@ class _Conn:
             n -= len(part)
 
     async def send(self, data) -> None:
-        await self.loop.sock_sendall(self.sock, data)
+        """Send all of `data`: at once when the socket takes it (a reply mostly does), else through the
+        loop (which also skips what was sent)."""
+        view = data if type(data) is bytes else memoryview(data).cast("B")  # lengths in bytes
+        try:
+            n = self.sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n < len(view):
+            await self.loop.sock_sendall(self.sock, memoryview(view)[n:])
 
     async def error(self, code: grpc.StatusCode, details: str) -> None:
         await self.send(frame(code.value[0], details.encode()))

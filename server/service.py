@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ def layout_from_proto(msg: pb.Layout) -> Layout:
         tp_rank=msg.tp_rank,
         tp_size=msg.tp_size or 1,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(serialized: bytes) -> tuple[Layout, str]:
+    """A scope's layout and its fingerprint, made once per distinct Layout message: every data-plane
+    call names one (and every chunk of a put), and making them costs ~12 us against ~1 us here."""
+    layout = layout_from_proto(pb.Layout.FromString(serialized))
+    return layout, layout.fingerprint()
 
 
 class _Incoming:
@@ -112,18 +121,19 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
     def _caller(self, context) -> Caller:
         return self.auth.authenticate(context.invocation_metadata())
 
-    def _scope(self, caller: Caller, scope: pb.Scope) -> tuple[str, str, Layout]:
+    def _scope(self, caller: Caller, scope: pb.Scope) -> tuple[str, str, Layout, str]:
+        """(namespace, model, layout, layout fingerprint) of a call's scope."""
         if not scope.HasField("layout"):
             raise InvalidArgument("scope.layout is required (dtype, shape, tokens_per_chunk)")
-        layout = layout_from_proto(scope.layout)
+        layout, fingerprint = _layout(scope.layout.SerializeToString())
         namespace = self.auth.namespace(caller, scope.namespace)
-        return namespace, scope.model, layout
+        return namespace, scope.model, layout, fingerprint
 
     def _keys(self, caller: Caller, scope: pb.Scope, hashes) -> list[EntryKey]:
         if len(hashes) > MAX_KEYS:
             raise InvalidArgument(f"{len(hashes)} hashes in one call; the limit is {MAX_KEYS}")
-        namespace, model, layout = self._scope(caller, scope)
-        return keys_in_scope(namespace, model, layout.fingerprint(), hashes)
+        namespace, model, _, fingerprint = self._scope(caller, scope)
+        return keys_in_scope(namespace, model, fingerprint, hashes)
 
     # -- RPCs ------------------------------------------------------------------------------
 
@@ -192,8 +202,8 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
 
     def check_header(self, caller: Caller, h: pb.ChunkHeader) -> tuple[EntryKey, Layout]:
         """The key of a chunk header from a put, after every check a put makes (also used by server/shm.py)."""
-        namespace, model, layout = self._scope(caller, h.scope)
-        key = EntryKey(namespace, model, layout.fingerprint(), check_hash(h.hash))
+        namespace, model, layout, fingerprint = self._scope(caller, h.scope)
+        key = EntryKey(namespace, model, fingerprint, check_hash(h.hash))
         Codec.parse(h.codec)
         validate_against_layout(h.dtype, tuple(h.shape), h.raw_length, layout)
         if h.tokens > layout.tokens_per_chunk:
