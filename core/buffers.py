@@ -142,6 +142,35 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = _INT_MAX) -
     return MallocTuning(mmap_set, trim)
 
 
+def memory_room() -> int:
+    """Bytes this process could still fault in: the machine's MemAvailable, or less when its cgroup's
+    memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`) leaves less -- a container's limit is
+    not in /proc/meminfo. Unbounded (2**62) where neither can be read."""
+    room = 1 << 62
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    room = int(line.split()[1]) << 10
+                    break
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():  # "max" (v2) or a huge number (v1): no limit
+            room = min(room, max(0, int(limit) - usage))
+        break
+    return room
+
+
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14: fault pages in for writing, in one call
 _PREFAULT_STEP = 256 << 20
 _PAGE = 4096

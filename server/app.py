@@ -15,7 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 import kvbucket
-from kvbucket.core.buffers import prefault_heap, tune_malloc
+from kvbucket.core.buffers import memory_room, prefault_heap, tune_malloc
 from kvbucket.proto import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
@@ -211,10 +211,11 @@ class Daemon:
         loop's thread: the one whose malloc heap receives them."""
         arena = self.shm.arena.size if self.shm is not None and self.shm.arena is not None else 0
         want = max(0, int(self.settings.ram.capacity) - arena)
-        room = _mem_available() - (1 << 30)
+        room = memory_room() - (1 << 30)
         if want > room:
-            log.warning("ram.prefault: %d MiB asked, %d MiB available (less 1 GiB): faulting in that much",
-                        want >> 20, max(0, room) >> 20)
+            log.warning("ram.prefault: %d MiB asked, %d MiB available to this process (less 1 GiB): faulting "
+                        "in that much; the RAM tier is larger than the memory it can get", want >> 20,
+                        max(0, room) >> 20)
             want = max(0, room)
         t0 = time.monotonic()
         self.prefaulted = prefault_heap(want)
@@ -259,18 +260,6 @@ class Daemon:
     async def wait(self) -> None:
         assert self.server is not None
         await self.server.wait_for_termination()
-
-
-def _mem_available() -> int:
-    """MemAvailable from /proc/meminfo, in bytes (unbounded where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) << 10
-    except OSError:
-        pass
-    return 1 << 62
 
 
 async def run(settings: Settings) -> None:
