@@ -169,19 +169,17 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         readable by shm clients without a copy-in) while enough of the arena stays free for the
         shared-memory puts that need it -- a quarter of it, or less when the RAM tier has less room
         than that left: beyond its room a shared-memory put evicts anyway, so an arena as large as the
-        RAM tier takes every socket put. Past that, when the RAM tier is full -- the put will evict
-        that much anyway -- a slot freed by evicting arena-held entries: a fresh bytearray there would
-        fault in new heap pages on every put while the evicted slots sat idle (2 MiB puts over the
-        fast wire: p50 5.4 ms -> 1.5 ms measured here). Else a bytearray."""
+        RAM tier takes every socket put. Past that (or with no free extent that large), when the RAM
+        tier is full -- the put will evict that much anyway -- a slot freed by evicting arena-held
+        entries: a fresh bytearray there would fault in new heap pages on every put while the evicted
+        slots sat idle (2 MiB puts over the fast wire: p50 5.4 ms -> 1.5 ms measured here). Else a
+        bytearray."""
         a = self.arena
         room = getattr(self.store.first, "free_bytes", None)  # the RAM tier's (a tier without it: None)
         keep = a.size // 4 if room is None else min(a.size // 4, max(0, room - n))
-        if a.extents.free_bytes - n >= keep:
-            view = a.slot(n)
-        elif room is not None and room < n:
+        view = a.slot(n) if a.extents.free_bytes - n >= keep else None  # None too: no free extent that large
+        if view is None and room is not None and room < n:
             view = self._slot(n)
-        else:
-            view = None
         return memoryview(view) if view is not None else bytearray(n)
 
     # -- lifecycle -------------------------------------------------------------------------
