@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from kvbucket.core import errors, frames
+from kvbucket.core import buffers, errors, frames
 from kvbucket.core.codecs import Codec, compress
 from kvbucket.core.keys import DTYPE_SIZES, Layout
 from kvbucket.core.record import checksum
@@ -53,7 +53,7 @@ def target_buffer(out: list | None, index: int, n: int) -> memoryview:
     """Where chunk `index` of a get lands: the caller's buffer (checked for size), or a fresh one."""
     target = out[index] if out is not None else None
     if target is None:
-        return memoryview(bytearray(n))
+        return buffers.empty(n)  # overwritten whole before it is returned
     mv = as_bytes(target)
     if len(mv) < n:
         raise errors.InvalidArgument(f"output buffer {index} holds {len(mv)} bytes, chunk is {n}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 import xxhash
 
-from kvbucket.core import frames
+from kvbucket.core import buffers, frames
 from kvbucket.core.codecs import Codec, decompress
 from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted
 from kvbucket.core.keys import EntryKey, Layout, check_hash, keys_in_scope
@@ -62,7 +62,7 @@ class _Incoming:
         self.key = key
         self.header = header
         self.layout = layout
-        self.buf = buf  # a bytearray, or a memoryview of an arena slot (KVBucketService.allocate)
+        self.buf = buf  # a memoryview: of heap memory (buffers.empty) or of an arena slot (KVBucketService.allocate)
         self.filled = 0
         # Raw bytes are hashed piece by piece as they land (from cache), not in one pass over the
         # whole chunk at commit; a compressed payload is checked after decompression instead.
@@ -113,7 +113,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         # Where a raw chunk of a Put lands: a fresh bytearray, or (server/shm.py sets it when the daemon
         # has an arena) a free slot of the pre-faulted arena -- no page faults, and shm readers get it
         # without a copy.
-        self.allocate: Callable[[int], bytearray | memoryview] = bytearray
+        self.allocate: Callable[[int], bytearray | memoryview] = buffers.empty  # filled whole, or dropped
         self.hello = pb.HelloResponse()  # filled in by the daemon once its listeners are up
 
     # -- helpers ---------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
     def _begin(self, caller: Caller, h: pb.ChunkHeader) -> _Incoming:
         key, layout = self.check_header(caller, h)
         n = h.payload_length
-        return _Incoming(key, h, layout, self.allocate(n) if h.codec == pb.CODEC_NONE else bytearray(n))
+        return _Incoming(key, h, layout, self.allocate(n) if h.codec == pb.CODEC_NONE else buffers.empty(n))
 
     def check_header(self, caller: Caller, h: pb.ChunkHeader) -> tuple[EntryKey, Layout]:
         """The key of a chunk header from a put, after every check a put makes (also used by server/shm.py)."""
