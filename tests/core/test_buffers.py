@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from kvbucket.core.buffers import BufferPool, MallocTuning, tune_malloc
+from kvbucket.core.buffers import BufferPool, MallocTuning, empty, memory_room, tune_malloc
 
 
 def test_reuses_a_released_buffer_of_the_same_size():
@@ -104,3 +104,17 @@ def test_tune_malloc_reports_what_it_set():
     buf = bytearray(32 << 20)  # still works after the setting
     buf[-1] = 1
     assert buf[-1] == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 32 << 20])
+def test_empty_is_a_writable_byte_buffer_of_exactly_n_bytes(n):
+    buf = empty(n)
+    assert (buf.nbytes, buf.format, buf.ndim, buf.readonly) == (n, "B", 1, False)
+    buf[:] = b"\x07" * n  # every byte is the caller's to write
+    assert bytes(buf[-1:]) == (b"\x07" if n else b"")
+
+
+def test_memory_room_is_at_most_what_the_machine_has_available():
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    assert 0 < memory_room() <= available + (256 << 20)  # other processes move it meanwhile
