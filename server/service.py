@@ -110,10 +110,10 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
         self.auth = auth
         self.metrics = metrics
         self.limits = limits
-        # Where a raw chunk of a Put lands: a fresh bytearray, or (server/shm.py sets it when the daemon
-        # has an arena) a free slot of the pre-faulted arena -- no page faults, and shm readers get it
-        # without a copy.
-        self.allocate: Callable[[int], bytearray | memoryview] = buffers.empty  # filled whole, or dropped
+        # Where a raw chunk of a Put lands: uninitialized heap memory (filled whole, or dropped), or
+        # (server/shm.py sets it when the daemon has an arena) a free slot of the pre-faulted arena --
+        # no page faults, and shm readers get it without a copy.
+        self.allocate: Callable[[int], memoryview] = buffers.empty
         self.hello = pb.HelloResponse()  # filled in by the daemon once its listeners are up
 
     # -- helpers ---------------------------------------------------------------------------
