@@ -210,3 +210,18 @@ def test_an_unreachable_fast_wire_costs_nothing_but_a_fallback(tmp_path):
         assert requests(d, "put") == 1 and requests(d, "get") == 1  # both by gRPC
     finally:
         d.stop()
+
+
+def test_a_chunk_larger_than_the_socket_buffers_moves_whole_both_ways(daemon):
+    """32 MiB: more than a socket takes in one send (buffers of a few MiB), so the daemon's reply
+    continues through the event loop after a partial send, and its receive is hashed in many pieces."""
+    big = Layout("bfloat16", (32, 2, 256, 8, 128), tokens_per_chunk=256)
+    data = np.random.default_rng(3).integers(0, 256, big.chunk_bytes, dtype=np.uint8)
+    with Client(daemon.url, model="m", layout=big) as c:
+        assert c._fast() is not None
+        assert c.put(b"big", data)
+        assert bytes(c.get(b"big")) == data.tobytes()
+        out = bytearray(big.chunk_bytes)
+        assert c.get_into(b"big", out) and out == data.tobytes()
+        assert c._fast() is not None  # no connection broke (that would have sent the call by gRPC)
+    assert requests(daemon, "put") == 1 and requests(daemon, "get") == 2
