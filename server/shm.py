@@ -472,10 +472,11 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
 
 
 async def _checksums(views: list[np.ndarray]) -> list[int]:
-    """The xxh3 of each slot. One is hashed on the loop (a hand-off and a wake-up would cost more than
-    they save); several are spread over worker threads -- xxhash releases the GIL, so they run on as
-    many cores as there are."""
-    if len(views) <= 1:
+    """The xxh3 of each slot. One of up to THREAD_BYTES is hashed on the loop (a hand-off and a wake-up
+    would cost more than they save); a larger one, or several, on worker threads -- xxhash releases
+    the GIL, so they run on as many cores as there are, and the loop keeps serving other clients
+    meanwhile (a 32 MiB slot is ~3 ms of hashing)."""
+    if not views or (len(views) == 1 and len(views[0]) <= THREAD_BYTES):
         return [checksum(v) for v in views]
     return list(await asyncio.gather(*(asyncio.to_thread(checksum, v) for v in views)))
 

@@ -482,6 +482,28 @@ def test_get_views_over_grpc_are_views_of_fetched_buffers(shm_daemon):
     assert "unexpected error" not in shm_daemon.log()
 
 
+def test_one_large_reserved_chunk_is_stored_whole(tmp_path):
+    """32 MiB in one reservation (a vLLM save of one chunk) takes the commit's worker-thread hash
+    (server/shm.py `_checksums`: larger than THREAD_BYTES): stored whole, read back equal."""
+    big = Layout("bfloat16", (32, 2, 256, 8, 128), tokens_per_chunk=256)
+    data = np.random.default_rng(5).integers(0, 256, big.chunk_bytes, dtype=np.uint8)
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "256MiB",
+                     "--ram-capacity", "256MiB")
+    try:
+        with Client(unix_url(d), model="m", layout=big) as c:
+            with c.reserve([(b"big", big.chunk_bytes)]) as r:
+                assert r.in_arena == [True]
+                np.frombuffer(r.views[0], np.uint8)[:] = data
+                assert r.commit() == [True]
+            out = bytearray(big.chunk_bytes)
+            assert c.get_into(b"big", out) and out == data.tobytes()
+            with c.get_views([b"big"]) as views:
+                assert views[0] == data.tobytes()
+        assert requests(d, "put") == 0  # no socket put: the bytes stayed in the arena
+    finally:
+        d.stop()
+
+
 def test_reserve_write_in_place_commit(shm_daemon):
     data = chunk(40)
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
