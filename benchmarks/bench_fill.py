@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     need = sum(p.nbytes for ps in sets.values() for p in ps)
     if need > TypeAdapter(ByteSize).validate_python(args.capacity):
         ap.error(f"{need >> 20} MiB are put into each daemon: raise --capacity (a full tier evicts, and "
-                 "reuses warm memory either way) or lower --chunks / --rounds")
+                 "reuses warm memory either way) or lower --chunks")
     daemons = _daemon_helpers()
     modes = {"default": [], "prefault": ["--ram-prefault"]}
     lat = {(label, m): [] for label in sets for m in modes}
