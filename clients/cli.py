@@ -63,6 +63,9 @@ def serve(
     shm_size: Annotated[str | None, typer.Option(help="shared-memory arena for same-host clients, e.g. 4GiB "
                                                     "(default: off, 1 GiB with --unix-socket)")] = None,
     shm_lease_seconds: Annotated[float | None, typer.Option(help="shm reservation/read lease (default 30)")] = None,
+    shm_catalog: Annotated[bool | None, typer.Option(
+        "--shm-catalog/--no-shm-catalog",
+        help="list arena-held entries for clients to read without a call (default on)")] = None,
     fast: Annotated[bool | None, typer.Option("--fast/--no-fast", help="fast wire (default on; off with TLS)")] = None,
     fast_port: Annotated[int | None, typer.Option(help="fast-wire TCP port (default 0: any free port)")] = None,
     log_level: Annotated[str | None, typer.Option()] = None,
@@ -84,7 +87,7 @@ def serve(
         "s3": dict(enabled=s3 if s3 is not None else (True if s3_bucket else None), bucket=s3_bucket,
                    endpoint_url=s3_endpoint, prefix=s3_prefix),
         "auth": dict(tokens_file=tokens_file, tls_cert=tls_cert, tls_key=tls_key),
-        "shm": dict(size=shm_size, lease_seconds=shm_lease_seconds),
+        "shm": dict(size=shm_size, lease_seconds=shm_lease_seconds, catalog=shm_catalog),
         "fast": dict(enabled=fast, port=fast_port),
     }
     overrides = {k: v for k, v in flat.items() if v is not None}

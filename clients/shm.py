@@ -10,9 +10,12 @@ announcing each piece copied over the fast wire, so the daemon hashes it meanwhi
 stores them with the daemon's checksums and refills the pool. When the pool has no slots of the sizes
 needed, one ShmPut stocks it first; when the daemon grants none, the two-step ShmReserve -> write ->
 ShmCommit is used, and chunks it marks `fallback` go through Put.
-Get, one round trip: ShmGet -> `ShmPlane.read` (copy out and verify: a worker thread hashes each piece
-right behind the copy); the lease is released by the next request (`Attachment.defer_release`), or at
-close. Both SDK clients are thin shells over these.
+Get, no round trip: the chunks the daemon's catalog (core/catalog.py) lists are copied straight out of
+their slots and verified (`ShmPlane.read_listed`), and the daemon is told afterwards (ShmHits, one-way
+over the fast wire). The rest, one round trip: ShmGet -> `ShmPlane.read` (copy out and verify: a worker
+thread hashes each piece right behind the copy); the lease is released by the next request
+(`Attachment.defer_release`), or at close. Both SDK clients are thin shells over these; the catalog
+needs the fast wire, which `AsyncClient` does not use, so its gets are all ShmGet.
 
 `register_with_cuda(view)` page-locks a mapped region for CUDA (cudaHostRegister) so GPU copies
 into it run as DMA; `Client.shm_region()` is the region.
@@ -21,6 +24,7 @@ into it run as DMA; `Client.shm_region()` is the region.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import mmap
 import os
@@ -34,7 +38,8 @@ import xxhash
 from kvbucket.clients import wire
 from kvbucket.clients.hashing import PIECE, TrailingHash
 from kvbucket.clients.wire import as_bytes
-from kvbucket.core import errors
+from kvbucket.core import catalog, errors
+from kvbucket.core.keys import Layout, scope_prefix
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
@@ -67,6 +72,55 @@ class ShmPlane:
         self.nonce = attach.nonce
         self.lease_seconds = attach.lease_seconds
         self.view = memoryview(self._mm)
+        self.namespace = attach.namespace  # the caller's, when a scope names none
+        self.any_namespace = attach.any_namespace
+        self.catalog: catalog.Reader | None = None
+        if attach.catalog_buckets:
+            try:
+                self.catalog = catalog.Reader(self.view, attach.catalog_offset, attach.catalog_buckets)
+            except ValueError as exc:
+                log.warning("kvbucket: shared-memory catalog unusable (%s); every get asks the daemon", exc)
+
+    def gone(self) -> bool:
+        """Whether the arena file is gone: its daemon exited, or a new one removed it as stale."""
+        return not os.path.exists(self.path)
+
+    def catalog_prefix(self, namespace: str, model: str, layout: Layout) -> bytes | None:
+        """The key prefix of a scope in the catalog; None when the catalog is not to be used for it
+        (none offered, or a namespace the daemon would refuse this caller: ShmGet says so)."""
+        if self.catalog is None:
+            return None
+        ns = namespace or self.namespace
+        if ns != self.namespace and not self.any_namespace:
+            return None
+        return _prefix(ns, model, layout)
+
+    def read_listed(self, prefix: bytes, hashes, out: list | None, results: list) -> int:
+        """Copy the leading chunks the catalog lists into `results` (verified; no call to the daemon);
+        how many. The first one not listed, expired, changed under the copy or failing its checksum
+        ends the run: the caller asks the daemon for the rest (ShmGet), which also tells a corrupt
+        chunk (DATA_LOSS) from one evicted meanwhile."""
+        cat = self.catalog
+        now = cat.now() if cat is not None else None
+        if now is None:
+            return 0
+        found: list[catalog.Found] = []
+        for h in hashes:
+            f = cat.find(prefix + bytes(h), now)
+            if f is None:
+                break
+            found.append(f)
+        if not found:
+            return 0
+        targets = [wire.target_buffer(out, i, f.length) for i, f in enumerate(found)]  # sizes checked first
+        pairs = [(dst, self.view[f.offset : f.offset + f.length]) for f, dst in zip(found, targets)]
+        k = 0
+        for f, dst, got in zip(found, targets, copy_hash(pairs), strict=True):
+            if got != f.checksum or not cat.unchanged(f):
+                break
+            results[k] = dst
+            k += 1
+        return k
 
     def write(self, slots, raws: list[memoryview]) -> None:
         """Copy each raw chunk into its slot (fallback slots are skipped)."""
@@ -121,6 +175,11 @@ class ShmPlane:
             self._mm.close()
         except BufferError:  # a caller still holds a view of the region (shm_region); the mapping stays
             pass
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix(namespace: str, model: str, layout: Layout) -> bytes:
+    return scope_prefix(namespace, model, layout.fingerprint())
 
 
 def _held(resp: pb.ShmGetResponse, fallback: list[int]):

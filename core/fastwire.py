@@ -15,7 +15,7 @@ Frames, all integers little-endian:
 bearer token, UTF-8, maybe empty); a refused HELLO closes the connection. Then:
 
     unary     one request, one reply (LOOKUP, EXISTS, DELETE and the KVBucketShm calls)
-    one-way   SHM_WRITTEN (body ShmWritten): no reply, whatever becomes of it
+    one-way   SHM_WRITTEN (body ShmWritten), SHM_HITS (body ShmHits): no reply, whatever becomes of it
     PUT       body PutRequest{header}; then exactly header.payload_length raw bytes; reply PutResponse
     GET       body GetRequest; replies: per hash a GetResponse{header} followed by header.payload_length
               raw bytes, or a GetResponse{miss}; then an empty OK reply ends the stream. An error reply
@@ -53,6 +53,7 @@ class Method(enum.IntEnum):
     SHM_RELEASE = 14
     SHM_PUT = 15
     SHM_WRITTEN = 16  # one-way
+    SHM_HITS = 17  # one-way
 
 
 def frame(code: int, body: bytes = b"") -> bytes:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akvbucket/proto/store.proto\x12\x0bkvbucket.v1\"b\n\x06Layout\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x18\n\x10tokens_per_chunk\x18\x03 \x01(\r\x12\x0f\n\x07tp_rank\x18\x04 \x01(\r\x12\x0f\n\x07tp_size\x18\x05 \x01(\r\"N\n\x05Scope\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x06layout\x18\x03 \x01(\x0b\x32\x13.kvbucket.v1.Layout\"B\n\rLookupRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"@\n\x0eLookupResponse\x12\x0c\n\x04hits\x18\x01 \x01(\r\x12 \n\x05tiers\x18\x02 \x03(\x0e\x32\x11.kvbucket.v1.Tier\"\x93\x02\n\x0b\x43hunkHeader\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12!\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x12.kvbucket.v1.Codec\x12\x12\n\nraw_length\x18\x04 \x01(\x04\x12\x16\n\x0epayload_length\x18\x05 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x04\x12\x0e\n\x06tokens\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\r\n\x05shape\x18\t \x03(\x04\x12\r\n\x05index\x18\n \x01(\r\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bttl_sliding\x18\x0c \x01(\x08\x12\x0b\n\x03pin\x18\r \x01(\x08\"P\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\x0b\x43hunkResult\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x0e\n\x06stored\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"8\n\x0bPutResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\"p\n\nGetRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x12\x13\n\x0b\x66rame_bytes\x18\x03 \x01(\r\x12\x1a\n\x12stop_at_first_miss\x18\x04 \x01(\x08\"#\n\x04Miss\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\"t\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12!\n\x04miss\x18\x03 \x01(\x0b\x32\x11.kvbucket.v1.MissH\x00\x42\x06\n\x04part\"B\n\rExistsRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"!\n\x0e\x45xistsResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\"B\n\rDeleteRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\x0e\n\x0cHelloRequest\"F\n\rHelloResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tfast_port\x18\x02 \x01(\r\x12\x11\n\tfast_unix\x18\x03 \x01(\t\"\x12\n\x10ShmAttachRequest\"y\n\x08ShmStats\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x0e\n\x06leases\x18\x04 \x01(\r\x12\x14\n\x0clargest_free\x18\x05 \x01(\x04\x12\x16\n\x0e\x65xpired_leases\x18\x06 \x01(\x04\"{\n\x11ShmAttachResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05nonce\x18\x03 \x01(\x04\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\x12$\n\x05stats\x18\x05 \x01(\x0b\x32\x15.kvbucket.v1.ShmStats\";\n\x07ShmSlot\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"N\n\x11ShmReserveRequest\x12(\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0f\n\x07release\x18\x02 \x03(\x04\"W\n\x12ShmReserveResponse\x12\r\n\x05lease\x18\x01 \x01(\x04\x12#\n\x05slots\x18\x02 \x03(\x0b\x32\x14.kvbucket.v1.ShmSlot\x12\r\n\x05nonce\x18\x03 \x01(\x04\"N\n\x10ShmCommitRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x11\n\tchecksums\x18\x02 \x03(\x04\x12\x18\n\x10\x64\x61\x65mon_checksums\x18\x03 \x01(\x08\">\n\x11ShmCommitResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\"o\n\rShmGetRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x12\x1a\n\x12stop_at_first_miss\x18\x03 \x01(\x08\x12\x0f\n\x07release\x18\x04 \x03(\x04\"s\n\x08ShmChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04miss\x18\x03 \x01(\x08\x12\x10\n\x08\x66\x61llback\x18\x04 \x01(\x08\x12\r\n\x05index\x18\x05 \x01(\r\"U\n\x0eShmGetResponse\x12\r\n\x05lease\x18\x01 \x01(\x04\x12%\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x15.kvbucket.v1.ShmChunk\x12\r\n\x05nonce\x18\x03 \x01(\x04\"\"\n\x11ShmReleaseRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x93\x01\n\rShmPutRequest\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12(\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0f\n\x07offsets\x18\x03 \x03(\x04\x12\x0e\n\x06refill\x18\x04 \x03(\x04\x12\x0f\n\x07release\x18\x05 \x03(\x04\x12\x18\n\x10\x64\x61\x65mon_checksums\x18\x06 \x01(\x08\";\n\nShmWritten\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0f\n\x07written\x18\x03 \x01(\x04\"}\n\x0eShmPutResponse\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\x12#\n\x05slots\x18\x03 \x03(\x0b\x32\x14.kvbucket.v1.ShmSlot\x12\r\n\x05nonce\x18\x04 \x01(\x04\"&\n\x12ShmReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*F\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0c\n\x08TIER_RAM\x10\x01\x12\r\n\tTIER_NVME\x10\x02\x12\x0b\n\x07TIER_S3\x10\x03*6\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\r\n\tCODEC_LZ4\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x32\x8b\x03\n\x08KVBucket\x12\x41\n\x06Lookup\x12\x1a.kvbucket.v1.LookupRequest\x1a\x1b.kvbucket.v1.LookupResponse\x12:\n\x03Put\x12\x17.kvbucket.v1.PutRequest\x1a\x18.kvbucket.v1.PutResponse(\x01\x12:\n\x03Get\x12\x17.kvbucket.v1.GetRequest\x1a\x18.kvbucket.v1.GetResponse0\x01\x12\x41\n\x06\x45xists\x12\x1a.kvbucket.v1.ExistsRequest\x1a\x1b.kvbucket.v1.ExistsResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.kvbucket.v1.DeleteRequest\x1a\x1b.kvbucket.v1.DeleteResponse\x12>\n\x05Hello\x12\x19.kvbucket.v1.HelloRequest\x1a\x1a.kvbucket.v1.HelloResponse2\xc9\x03\n\x0bKVBucketShm\x12J\n\tShmAttach\x12\x1d.kvbucket.v1.ShmAttachRequest\x1a\x1e.kvbucket.v1.ShmAttachResponse\x12M\n\nShmReserve\x12\x1e.kvbucket.v1.ShmReserveRequest\x1a\x1f.kvbucket.v1.ShmReserveResponse\x12J\n\tShmCommit\x12\x1d.kvbucket.v1.ShmCommitRequest\x1a\x1e.kvbucket.v1.ShmCommitResponse\x12\x41\n\x06ShmGet\x12\x1a.kvbucket.v1.ShmGetRequest\x1a\x1b.kvbucket.v1.ShmGetResponse\x12M\n\nShmRelease\x12\x1e.kvbucket.v1.ShmReleaseRequest\x1a\x1f.kvbucket.v1.ShmReleaseResponse\x12\x41\n\x06ShmPut\x12\x1a.kvbucket.v1.ShmPutRequest\x1a\x1b.kvbucket.v1.ShmPutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akvbucket/proto/store.proto\x12\x0bkvbucket.v1\"b\n\x06Layout\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x18\n\x10tokens_per_chunk\x18\x03 \x01(\r\x12\x0f\n\x07tp_rank\x18\x04 \x01(\r\x12\x0f\n\x07tp_size\x18\x05 \x01(\r\"N\n\x05Scope\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x06layout\x18\x03 \x01(\x0b\x32\x13.kvbucket.v1.Layout\"B\n\rLookupRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"@\n\x0eLookupResponse\x12\x0c\n\x04hits\x18\x01 \x01(\r\x12 \n\x05tiers\x18\x02 \x03(\x0e\x32\x11.kvbucket.v1.Tier\"\x93\x02\n\x0b\x43hunkHeader\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12!\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x12.kvbucket.v1.Codec\x12\x12\n\nraw_length\x18\x04 \x01(\x04\x12\x16\n\x0epayload_length\x18\x05 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x06 \x01(\x04\x12\x0e\n\x06tokens\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\r\n\x05shape\x18\t \x03(\x04\x12\r\n\x05index\x18\n \x01(\r\x12\x13\n\x0bttl_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bttl_sliding\x18\x0c \x01(\x08\x12\x0b\n\x03pin\x18\r \x01(\x08\"P\n\nPutRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\x0b\x43hunkResult\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\x0e\n\x06stored\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"8\n\x0bPutResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\"p\n\nGetRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x12\x13\n\x0b\x66rame_bytes\x18\x03 \x01(\r\x12\x1a\n\x12stop_at_first_miss\x18\x04 \x01(\x08\"#\n\x04Miss\x12\x0c\n\x04hash\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\"t\n\x0bGetResponse\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12!\n\x04miss\x18\x03 \x01(\x0b\x32\x11.kvbucket.v1.MissH\x00\x42\x06\n\x04part\"B\n\rExistsRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"!\n\x0e\x45xistsResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\"B\n\rDeleteRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\x0e\n\x0cHelloRequest\"F\n\rHelloResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tfast_port\x18\x02 \x01(\r\x12\x11\n\tfast_unix\x18\x03 \x01(\t\"\x12\n\x10ShmAttachRequest\"y\n\x08ShmStats\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x12\n\nused_bytes\x18\x02 \x01(\x04\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x0e\n\x06leases\x18\x04 \x01(\r\x12\x14\n\x0clargest_free\x18\x05 \x01(\x04\x12\x16\n\x0e\x65xpired_leases\x18\x06 \x01(\x04\"\xd6\x01\n\x11ShmAttachResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\r\n\x05nonce\x18\x03 \x01(\x04\x12\x15\n\rlease_seconds\x18\x04 \x01(\x01\x12$\n\x05stats\x18\x05 \x01(\x0b\x32\x15.kvbucket.v1.ShmStats\x12\x16\n\x0e\x63\x61talog_offset\x18\x06 \x01(\x04\x12\x17\n\x0f\x63\x61talog_buckets\x18\x07 \x01(\r\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x15\n\rany_namespace\x18\t \x01(\x08\";\n\x07ShmSlot\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"N\n\x11ShmReserveRequest\x12(\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0f\n\x07release\x18\x02 \x03(\x04\"W\n\x12ShmReserveResponse\x12\r\n\x05lease\x18\x01 \x01(\x04\x12#\n\x05slots\x18\x02 \x03(\x0b\x32\x14.kvbucket.v1.ShmSlot\x12\r\n\x05nonce\x18\x03 \x01(\x04\"N\n\x10ShmCommitRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\x12\x11\n\tchecksums\x18\x02 \x03(\x04\x12\x18\n\x10\x64\x61\x65mon_checksums\x18\x03 \x01(\x08\">\n\x11ShmCommitResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\"o\n\rShmGetRequest\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x12\x1a\n\x12stop_at_first_miss\x18\x03 \x01(\x08\x12\x0f\n\x07release\x18\x04 \x03(\x04\"s\n\x08ShmChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04miss\x18\x03 \x01(\x08\x12\x10\n\x08\x66\x61llback\x18\x04 \x01(\x08\x12\r\n\x05index\x18\x05 \x01(\r\"U\n\x0eShmGetResponse\x12\r\n\x05lease\x18\x01 \x01(\x04\x12%\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x15.kvbucket.v1.ShmChunk\x12\r\n\x05nonce\x18\x03 \x01(\x04\"\"\n\x11ShmReleaseRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x93\x01\n\rShmPutRequest\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12(\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x18.kvbucket.v1.ChunkHeader\x12\x0f\n\x07offsets\x18\x03 \x03(\x04\x12\x0e\n\x06refill\x18\x04 \x03(\x04\x12\x0f\n\x07release\x18\x05 \x03(\x04\x12\x18\n\x10\x64\x61\x65mon_checksums\x18\x06 \x01(\x08\";\n\nShmWritten\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0f\n\x07written\x18\x03 \x01(\x04\"M\n\x07ShmHits\x12!\n\x05scope\x18\x01 \x01(\x0b\x32\x12.kvbucket.v1.Scope\x12\x0e\n\x06hashes\x18\x02 \x03(\x0c\x12\x0f\n\x07release\x18\x03 \x03(\x04\"}\n\x0eShmPutResponse\x12\x0c\n\x04pool\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.kvbucket.v1.ChunkResult\x12#\n\x05slots\x18\x03 \x03(\x0b\x32\x14.kvbucket.v1.ShmSlot\x12\r\n\x05nonce\x18\x04 \x01(\x04\"&\n\x12ShmReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*F\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0c\n\x08TIER_RAM\x10\x01\x12\r\n\tTIER_NVME\x10\x02\x12\x0b\n\x07TIER_S3\x10\x03*6\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\r\n\tCODEC_LZ4\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x32\x8b\x03\n\x08KVBucket\x12\x41\n\x06Lookup\x12\x1a.kvbucket.v1.LookupRequest\x1a\x1b.kvbucket.v1.LookupResponse\x12:\n\x03Put\x12\x17.kvbucket.v1.PutRequest\x1a\x18.kvbucket.v1.PutResponse(\x01\x12:\n\x03Get\x12\x17.kvbucket.v1.GetRequest\x1a\x18.kvbucket.v1.GetResponse0\x01\x12\x41\n\x06\x45xists\x12\x1a.kvbucket.v1.ExistsRequest\x1a\x1b.kvbucket.v1.ExistsResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.kvbucket.v1.DeleteRequest\x1a\x1b.kvbucket.v1.DeleteResponse\x12>\n\x05Hello\x12\x19.kvbucket.v1.HelloRequest\x1a\x1a.kvbucket.v1.HelloResponse2\xc9\x03\n\x0bKVBucketShm\x12J\n\tShmAttach\x12\x1d.kvbucket.v1.ShmAttachRequest\x1a\x1e.kvbucket.v1.ShmAttachResponse\x12M\n\nShmReserve\x12\x1e.kvbucket.v1.ShmReserveRequest\x1a\x1f.kvbucket.v1.ShmReserveResponse\x12J\n\tShmCommit\x12\x1d.kvbucket.v1.ShmCommitRequest\x1a\x1e.kvbucket.v1.ShmCommitResponse\x12\x41\n\x06ShmGet\x12\x1a.kvbucket.v1.ShmGetRequest\x1a\x1b.kvbucket.v1.ShmGetResponse\x12M\n\nShmRelease\x12\x1e.kvbucket.v1.ShmReleaseRequest\x1a\x1f.kvbucket.v1.ShmReleaseResponse\x12\x41\n\x06ShmPut\x12\x1a.kvbucket.v1.ShmPutRequest\x1a\x1b.kvbucket.v1.ShmPutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kvbucket.proto.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=2772
-  _globals['_TIER']._serialized_end=2842
-  _globals['_CODEC']._serialized_start=2844
-  _globals['_CODEC']._serialized_end=2898
+  _globals['_TIER']._serialized_start=2943
+  _globals['_TIER']._serialized_end=3013
+  _globals['_CODEC']._serialized_start=3015
+  _globals['_CODEC']._serialized_end=3069
   _globals['_LAYOUT']._serialized_start=43
   _globals['_LAYOUT']._serialized_end=141
   _globals['_SCOPE']._serialized_start=143
@@ -73,36 +73,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHMATTACHREQUEST']._serialized_end=1417
   _globals['_SHMSTATS']._serialized_start=1419
   _globals['_SHMSTATS']._serialized_end=1540
-  _globals['_SHMATTACHRESPONSE']._serialized_start=1542
-  _globals['_SHMATTACHRESPONSE']._serialized_end=1665
-  _globals['_SHMSLOT']._serialized_start=1667
-  _globals['_SHMSLOT']._serialized_end=1726
-  _globals['_SHMRESERVEREQUEST']._serialized_start=1728
-  _globals['_SHMRESERVEREQUEST']._serialized_end=1806
-  _globals['_SHMRESERVERESPONSE']._serialized_start=1808
-  _globals['_SHMRESERVERESPONSE']._serialized_end=1895
-  _globals['_SHMCOMMITREQUEST']._serialized_start=1897
-  _globals['_SHMCOMMITREQUEST']._serialized_end=1975
-  _globals['_SHMCOMMITRESPONSE']._serialized_start=1977
-  _globals['_SHMCOMMITRESPONSE']._serialized_end=2039
-  _globals['_SHMGETREQUEST']._serialized_start=2041
-  _globals['_SHMGETREQUEST']._serialized_end=2152
-  _globals['_SHMCHUNK']._serialized_start=2154
-  _globals['_SHMCHUNK']._serialized_end=2269
-  _globals['_SHMGETRESPONSE']._serialized_start=2271
-  _globals['_SHMGETRESPONSE']._serialized_end=2356
-  _globals['_SHMRELEASEREQUEST']._serialized_start=2358
-  _globals['_SHMRELEASEREQUEST']._serialized_end=2392
-  _globals['_SHMPUTREQUEST']._serialized_start=2395
-  _globals['_SHMPUTREQUEST']._serialized_end=2542
-  _globals['_SHMWRITTEN']._serialized_start=2544
-  _globals['_SHMWRITTEN']._serialized_end=2603
-  _globals['_SHMPUTRESPONSE']._serialized_start=2605
-  _globals['_SHMPUTRESPONSE']._serialized_end=2730
-  _globals['_SHMRELEASERESPONSE']._serialized_start=2732
-  _globals['_SHMRELEASERESPONSE']._serialized_end=2770
-  _globals['_KVBUCKET']._serialized_start=2901
-  _globals['_KVBUCKET']._serialized_end=3296
-  _globals['_KVBUCKETSHM']._serialized_start=3299
-  _globals['_KVBUCKETSHM']._serialized_end=3756
+  _globals['_SHMATTACHRESPONSE']._serialized_start=1543
+  _globals['_SHMATTACHRESPONSE']._serialized_end=1757
+  _globals['_SHMSLOT']._serialized_start=1759
+  _globals['_SHMSLOT']._serialized_end=1818
+  _globals['_SHMRESERVEREQUEST']._serialized_start=1820
+  _globals['_SHMRESERVEREQUEST']._serialized_end=1898
+  _globals['_SHMRESERVERESPONSE']._serialized_start=1900
+  _globals['_SHMRESERVERESPONSE']._serialized_end=1987
+  _globals['_SHMCOMMITREQUEST']._serialized_start=1989
+  _globals['_SHMCOMMITREQUEST']._serialized_end=2067
+  _globals['_SHMCOMMITRESPONSE']._serialized_start=2069
+  _globals['_SHMCOMMITRESPONSE']._serialized_end=2131
+  _globals['_SHMGETREQUEST']._serialized_start=2133
+  _globals['_SHMGETREQUEST']._serialized_end=2244
+  _globals['_SHMCHUNK']._serialized_start=2246
+  _globals['_SHMCHUNK']._serialized_end=2361
+  _globals['_SHMGETRESPONSE']._serialized_start=2363
+  _globals['_SHMGETRESPONSE']._serialized_end=2448
+  _globals['_SHMRELEASEREQUEST']._serialized_start=2450
+  _globals['_SHMRELEASEREQUEST']._serialized_end=2484
+  _globals['_SHMPUTREQUEST']._serialized_start=2487
+  _globals['_SHMPUTREQUEST']._serialized_end=2634
+  _globals['_SHMWRITTEN']._serialized_start=2636
+  _globals['_SHMWRITTEN']._serialized_end=2695
+  _globals['_SHMHITS']._serialized_start=2697
+  _globals['_SHMHITS']._serialized_end=2774
+  _globals['_SHMPUTRESPONSE']._serialized_start=2776
+  _globals['_SHMPUTRESPONSE']._serialized_end=2901
+  _globals['_SHMRELEASERESPONSE']._serialized_start=2903
+  _globals['_SHMRELEASERESPONSE']._serialized_end=2941
+  _globals['_KVBUCKET']._serialized_start=3072
+  _globals['_KVBUCKET']._serialized_end=3467
+  _globals['_KVBUCKETSHM']._serialized_start=3470
+  _globals['_KVBUCKETSHM']._serialized_end=3927
 # @@protoc_insertion_point(module_scope)

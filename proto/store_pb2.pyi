@@ -214,18 +214,26 @@ class ShmStats(_message.Message):
     def __init__(self, size: _Optional[int] = ..., used_bytes: _Optional[int] = ..., slots: _Optional[int] = ..., leases: _Optional[int] = ..., largest_free: _Optional[int] = ..., expired_leases: _Optional[int] = ...) -> None: ...
 
 class ShmAttachResponse(_message.Message):
-    __slots__ = ("path", "size", "nonce", "lease_seconds", "stats")
+    __slots__ = ("path", "size", "nonce", "lease_seconds", "stats", "catalog_offset", "catalog_buckets", "namespace", "any_namespace")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ANY_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     path: str
     size: int
     nonce: int
     lease_seconds: float
     stats: ShmStats
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., nonce: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., stats: _Optional[_Union[ShmStats, _Mapping]] = ...) -> None: ...
+    catalog_offset: int
+    catalog_buckets: int
+    namespace: str
+    any_namespace: bool
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., nonce: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., stats: _Optional[_Union[ShmStats, _Mapping]] = ..., catalog_offset: _Optional[int] = ..., catalog_buckets: _Optional[int] = ..., namespace: _Optional[str] = ..., any_namespace: bool = ...) -> None: ...
 
 class ShmSlot(_message.Message):
     __slots__ = ("offset", "length", "fallback")
@@ -338,6 +346,16 @@ class ShmWritten(_message.Message):
     offset: int
     written: int
     def __init__(self, pool: _Optional[int] = ..., offset: _Optional[int] = ..., written: _Optional[int] = ...) -> None: ...
+
+class ShmHits(_message.Message):
+    __slots__ = ("scope", "hashes", "release")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    scope: Scope
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    release: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scope: _Optional[_Union[Scope, _Mapping]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., release: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShmPutResponse(_message.Message):
     __slots__ = ("pool", "results", "slots", "nonce")

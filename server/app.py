@@ -184,7 +184,7 @@ class Daemon:
         arena = None
         if s.shm_size:
             try:
-                arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve)
+                arena = Arena(s.shm_size, s.shm.directory, reserve=s.shm.reserve, catalog=s.shm.catalog)
             except OSError as exc:
                 if s.shm.size:  # asked for explicitly: do not start without it
                     raise
@@ -192,6 +192,8 @@ class Daemon:
                             "Give /dev/shm room or set --shm-size", s.shm_size >> 20, s.shm.directory, exc)
         self.shm = ShmService(data, arena, Leases(self.clock, s.shm.lease_seconds), int(s.shm.pool_bytes))
         store_pb2_grpc.add_KVBucketShmServicer_to_server(self.shm, self.server)
+        if self.shm.catalog is not None:
+            self.clock.on_advance.append(self.shm.catalog.clock_moved)
         if arena is not None:
             self.metrics.registry.register(ShmCollector(self.shm))
             self._sweeper = asyncio.get_running_loop().create_task(self.shm.sweep_forever())

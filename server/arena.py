@@ -2,7 +2,8 @@
 
     0       8   magic b"KVBSHM01"
     8       8   nonce (u64 little-endian): a client checks it to know it mapped the daemon's arena
-    4096    ..  slots, each a whole number of pages
+    4096    ..  the catalog (server/catalog.py), a whole number of pages; none when `catalog` is off
+    ..      ..  slots, each a whole number of pages
 
 `Extents` is the allocator: first-fit over a sorted list of free extents, coalescing on free.
 `Arena.slot(n)` hands out a slot as a numpy view of the mapping; the slot returns to the allocator
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from kvbucket.core import catalog as catalog_mod
+from kvbucket.server.catalog import Catalog
 
 PAGE = mmap.PAGESIZE
 HEADER = struct.Struct("<8sQ")
@@ -163,11 +167,15 @@ def _alive(pid: int) -> bool:
 class Arena:
     """A /dev/shm file of `size` bytes (plus a header page), mapped shared; `close()` unlinks it."""
 
-    def __init__(self, size: int, directory: Path = Path("/dev/shm"), reserve: bool = True) -> None:
+    def __init__(self, size: int, directory: Path = Path("/dev/shm"), reserve: bool = True,
+                 catalog: bool = True) -> None:
         remove_stale(directory)
         self.nonce = secrets.randbits(63) or 1
         self.path = directory / f"kvbucket-{os.getpid()}-{self.nonce:016x}"
-        total = PAGE + round_up(size)
+        self.catalog_offset = PAGE
+        self.catalog_buckets = catalog_mod.buckets_for(size) if catalog else 0
+        slots_at = PAGE + (round_up(catalog_mod.table_bytes(self.catalog_buckets)) if catalog else 0)
+        total = slots_at + round_up(size)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if reserve:  # take the pages now: a full /dev/shm later must not SIGBUS a writer
@@ -183,7 +191,7 @@ class Arena:
         os.close(fd)
         HEADER.pack_into(self._mm, 0, MAGIC, self.nonce)
         self.size = total
-        self.extents = Extents(PAGE, total)
+        self.extents = Extents(slots_at, total)
         self._base = np.frombuffer(self._mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
 
     def slot(self, n: int) -> np.ndarray | None:
@@ -204,9 +212,17 @@ class Arena:
             return None  # a part of a slot: not a slot of its own
         return arr.__array_interface__["data"][0] - self._base
 
+    def catalog(self) -> Catalog | None:
+        """The catalog's daemon side over its region of the mapping (None when off)."""
+        if not self.catalog_buckets:
+            return None
+        n = catalog_mod.table_bytes(self.catalog_buckets)
+        region = memoryview(self._mm)[self.catalog_offset : self.catalog_offset + n]
+        return Catalog(region, self.catalog_buckets, self.offset_of)
+
     def stats(self) -> ArenaStats:
         e = self.extents
-        return ArenaStats(self.size - PAGE, e.used_bytes, e.slots, e.largest_free)
+        return ArenaStats(e.size, e.used_bytes, e.slots, e.largest_free)
 
     def close(self) -> None:
         """Unlink the file; the mapping goes when the last slot view does (clients keep theirs)."""

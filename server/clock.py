@@ -15,6 +15,7 @@ class Clock:
     def __init__(self, base: Callable[[], float] = time.time) -> None:
         self._base = base
         self.offset = 0.0
+        self.on_advance: list[Callable[[float], None]] = []  # told the new offset (the shm catalog's readers)
 
     def __call__(self) -> float:
         return self._base() + self.offset
@@ -24,4 +25,6 @@ class Clock:
         if seconds < 0:
             raise ValueError("the clock only moves forward")
         self.offset += seconds
+        for tell in self.on_advance:
+            tell(self.offset)
         return self()

@@ -238,6 +238,11 @@ class FastWireServer:
                 self.shm.written(self.data._caller(ctx), pb.ShmWritten.FromString(body))
             except (DecodeError, errors.KVBucketError):
                 self.shm.announced["ignored"] += 1
+        elif method == Method.SHM_HITS:  # one-way, as SHM_WRITTEN
+            try:
+                self.shm.hits(self.data._caller(ctx), pb.ShmHits.FromString(body))
+            except (DecodeError, errors.KVBucketError):
+                self.shm.catalog_reads["refused"] += 1
         elif method == Method.PUT:
             await self._put(conn, ctx, body)
         elif method == Method.GET:

@@ -89,6 +89,9 @@ class ShmSettings(BaseModel):
     pool_bytes: ByteSize = ByteSize(256 << 20)  # spare slots one client may hold for one-round-trip puts (<= size/4)
     reserve: bool = True  # posix_fallocate the arena at start: no SIGBUS when /dev/shm fills up later
     directory: Path = Path("/dev/shm")
+    # List the entries held in arena slots in a table clients read (server/catalog.py): a get of one
+    # needs no call to the daemon. Off: every shared-memory get is a ShmGet round trip.
+    catalog: bool = True
 
 
 class FastWireSettings(BaseModel):

@@ -162,8 +162,14 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.copied_in = 0
         # Spare slots one client's pool may hold: bounded so idle pools cannot starve the arena.
         self.pool_bytes = min(pool_bytes, arena.size // 4) if arena is not None else 0
+        # Entries in arena slots listed for clients to read without a call (server/catalog.py).
+        self.catalog = arena.catalog() if arena is not None else None
+        # ShmHits chunks: counted (still in the RAM tier), gone (not any more); messages refused (bad scope)
+        self.catalog_reads = {"counted": 0, "gone": 0, "refused": 0}
         if arena is not None:
             data.allocate = self.put_buffer
+        if self.catalog is not None:
+            self.store.first.listener = self.catalog
 
     def put_buffer(self, n: int) -> memoryview:
         """Where a gRPC or fast-wire Put receives a raw chunk: a free arena slot (pre-faulted memory,
@@ -193,6 +199,8 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
 
     def close(self) -> None:
         self._hasher.shutdown(wait=True)
+        if self.catalog is not None:
+            self.catalog.close()
         if self.arena is not None:
             self.arena.close()
 
@@ -239,10 +247,14 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
 
     @rpc("shm_attach")
     async def ShmAttach(self, request: pb.ShmAttachRequest, context) -> pb.ShmAttachResponse:
-        self._begin(context)
-        a = self.arena
+        caller = self._begin(context)
+        a, auth = self.arena, self.data.auth
         return pb.ShmAttachResponse(path=str(a.path), size=a.size, nonce=a.nonce,
-                                    lease_seconds=self.leases.seconds, stats=self.stats())
+                                    lease_seconds=self.leases.seconds, stats=self.stats(),
+                                    catalog_offset=a.catalog_offset if self.catalog is not None else 0,
+                                    catalog_buckets=a.catalog_buckets if self.catalog is not None else 0,
+                                    namespace=auth.namespace(caller, ""),
+                                    any_namespace=not auth.enabled or caller.admin)
 
     @rpc("shm_reserve")
     async def ShmReserve(self, request: pb.ShmReserveRequest, context) -> pb.ShmReserveResponse:
@@ -348,6 +360,20 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         prog.last = self._hasher.submit(prog.hasher.update, view[start : msg.written])
         prog.hashed = msg.written
         self.announced["hashed"] += 1
+
+    def hits(self, caller, msg: pb.ShmHits) -> None:
+        """ShmHits (fast wire, no reply): chunks a client read through the catalog, counted as a ShmGet
+        counts them -- hits, recency, sliding TTL, usage, bytes and tokens served. One that has left the
+        RAM tier since is counted only in `catalog_reads["gone"]`."""
+        self._release(caller, msg.release)
+        for key in self.data._keys(caller, msg.scope, msg.hashes):
+            meta = self.store.served(key)
+            if meta is None:
+                self.catalog_reads["gone"] += 1
+                continue
+            self.catalog_reads["counted"] += 1
+            self.metrics.bytes.labels("out").inc(meta.raw_bytes)
+            self.metrics.tokens_served.inc(meta.tokens)
 
     @rpc("shm_get")
     async def ShmGet(self, request: pb.ShmGetRequest, context) -> pb.ShmGetResponse:
@@ -514,6 +540,18 @@ class ShmCollector:
         yield ann
         yield CounterMetricFamily("kvbucket_shm_copied_in", "Entries copied into the arena for a shm Get",
                                   value=svc.copied_in)
+        if svc.catalog is not None:
+            yield g("kvbucket_shm_catalog_entries", "Entries listed in the catalog (read without a call)",
+                    value=len(svc.catalog))
+            yield CounterMetricFamily("kvbucket_shm_catalog_unlisted", "Entries left out of the catalog: "
+                                      "their bucket was full (read by ShmGet)", value=svc.catalog.unlisted)
+            reads = CounterMetricFamily(
+                "kvbucket_shm_catalog_reads", "Chunks clients read through the catalog: counted as hits, gone "
+                "from RAM by the time they were told, or refused (a message with a bad scope: counted once)",
+                labels=["outcome"])
+            for outcome, n in svc.catalog_reads.items():
+                reads.add_metric([outcome], n)
+            yield reads
 
     def describe(self):
         return []

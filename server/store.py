@@ -239,6 +239,18 @@ class TieredStore:
         self.hooks.after_read(key, loc.meta if rec is not None else None)
         yield rec
 
+    def served(self, key: EntryKey) -> EntryMeta | None:
+        """Count a read the first tier's bytes served without the store -- a client read them from the
+        shared-memory catalog (server/catalog.py) -- as `reading` counts a hit. None, and nothing
+        counted, when the entry is no longer in the first tier."""
+        loc = self.locate(key)
+        hit = getattr(self.first, "hit", None)
+        if loc is None or loc.tier != self.first.name or hit is None or hit(key) is None:
+            return None
+        self._hit(self.first, key)
+        self.hooks.after_read(key, loc.meta)
+        return loc.meta
+
     async def warm(self, key: EntryKey) -> bool:
         """Copy a key up to the first tier without counting it as a client read (hydrate on start)."""
         return self.locate(key) is not None and await self._fetch_below(key) is not None

@@ -10,6 +10,10 @@ A record returned by plain `get` is valid until its entry leaves the tier; strea
 `reading()` to hold it longer. Evicted records are not recycled: `put` and `resize` hand them to
 the caller (the store), which demotes them and then calls `recycle(evicted.record)`, or drops them.
 `allocate(n)` gives a buffer from the same pool to receive a payload into.
+
+`listener` (the shared-memory catalog, server/catalog.py, when the daemon has an arena) is told of
+every entry stored, dropped (deleted, replaced, evicted) or given a new expiry, synchronously: an
+entry is dropped there before this tier lets go of its record.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvbucket.core.buffers import BufferPool
 from kvbucket.core.errors import InvalidArgument, ResourceExhausted
@@ -25,6 +30,13 @@ from kvbucket.core.keys import EntryKey
 from kvbucket.core.record import Record
 from kvbucket.server.policies import make_policy
 from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
+
+
+class Listener(Protocol):
+    def stored(self, kb: bytes, record: Record, meta: EntryMeta) -> None: ...
+    def changed(self, kb: bytes, meta: EntryMeta) -> None: ...
+    def dropped(self, kb: bytes) -> None: ...
+
 
 _SETTABLE = frozenset({"pinned", "expires_at", "ttl_seconds", "sliding", "pin_expires_at"})
 
@@ -63,6 +75,7 @@ class MemoryTier(Tier):
         self._policy = make_policy(policy, capacity_bytes)
         self._entries: dict[bytes, _Entry] = {}
         self._bytes = 0
+        self.listener: Listener | None = None
         self._hits = self._misses = self._evictions = self._readers = 0
 
     # reads
@@ -95,6 +108,17 @@ class MemoryTier(Tier):
         self._hits += 1
         self._touch(kb, entry, self._clock())
         return entry
+
+    def hit(self, key: EntryKey) -> EntryMeta | None:
+        """Count a hit on `key` served without `get` (a shared-memory catalog read); its meta, or None
+        (nothing counted) if it is not here."""
+        kb = key.to_bytes()
+        entry = self._entries.get(kb)
+        if entry is None:
+            return None
+        self._hits += 1
+        self._touch(kb, entry, self._clock())
+        return entry.meta
 
     def touch(self, key: EntryKey, now: float) -> None:
         kb = key.to_bytes()
@@ -143,6 +167,8 @@ class MemoryTier(Tier):
         self._entries[kb] = _Entry(record, new_meta)
         self._bytes += size
         self._policy.insert(kb, size)
+        if self.listener is not None:
+            self.listener.stored(kb, record, new_meta)
         if old is not None:
             self._bytes -= old.size
             self._retire(old)
@@ -171,6 +197,8 @@ class MemoryTier(Tier):
 
     def _evict(self, kb: bytes) -> Evicted:
         entry = self._entries.pop(kb)
+        if self.listener is not None:
+            self.listener.dropped(kb)
         self._bytes -= entry.size
         self._evictions += 1
         return Evicted(entry.meta.key, entry.record, entry.meta.copy())
@@ -180,6 +208,8 @@ class MemoryTier(Tier):
         entry = self._entries.pop(kb, None)
         if entry is None:
             return False
+        if self.listener is not None:
+            self.listener.dropped(kb)
         self._policy.remove(kb)
         self._bytes -= entry.size
         self._retire(entry)
@@ -200,6 +230,8 @@ class MemoryTier(Tier):
         if entry is None:
             return None
         entry.meta = entry.meta.copy(**changes)
+        if self.listener is not None:
+            self.listener.changed(key.to_bytes(), entry.meta)
         return entry.meta.copy()
 
     def resize(self, capacity_bytes: int) -> list[Evicted]:
@@ -246,6 +278,8 @@ class MemoryTier(Tier):
 
     async def close(self) -> None:
         for kb in list(self._entries):
+            if self.listener is not None:
+                self.listener.dropped(kb)
             self._policy.remove(kb)
             self._retire(self._entries.pop(kb))
         self._bytes = 0

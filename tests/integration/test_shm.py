@@ -10,12 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, requests, unix_target, unix_url
 
 from kvbucket import Client, Layout
 from kvbucket.clients.sdk import AsyncClient
@@ -26,14 +26,7 @@ from kvbucket.proto import store_pb2_grpc
 
 from daemon import start_daemon
 
-LAYOUT = Layout("bfloat16", (2, 2, 256, 8, 128), tokens_per_chunk=256)  # 2 MiB chunks
-CHUNK = LAYOUT.chunk_bytes
-CLOCK = {"KVBUCKET_ADMIN__DEBUG_CLOCK": "true"}
 LEASE = 5.0  # seconds of the daemon's (advanceable) clock
-
-
-def chunk(i: int) -> bytes:
-    return np.random.default_rng(i).integers(0, 256, CHUNK, dtype=np.uint8).tobytes()
 
 
 @pytest.fixture
@@ -44,14 +37,6 @@ def shm_daemon(tmp_path):
                      env=CLOCK)
     yield d
     d.stop()
-
-
-def unix_url(d) -> str:
-    return d.info["unix_url"]
-
-
-def unix_target(d) -> str:
-    return "unix:" + d.info["unix_url"].removeprefix("kvbucket+unix://")
 
 
 class Raw:
@@ -87,14 +72,6 @@ def raw(shm_daemon):
     r = Raw(shm_daemon)
     yield r
     r.close()
-
-
-def metric(d, name: str) -> float:
-    text = urllib.request.urlopen(d.metrics_url).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in " {,":  # a name, or a name and leading labels
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
@@ -324,27 +301,40 @@ def test_client_attaches_again_after_a_daemon_restart(tmp_path):
         d.stop()
 
 
-def requests(d, op: str) -> float:
-    return metric(d, f'kvbucket_server_requests_total{{op="{op}",status="OK"}}')
-
-
-def test_steady_state_is_one_round_trip_per_put_and_per_get(shm_daemon):
+def test_steady_state_is_one_round_trip_per_put_and_none_per_get(shm_daemon):
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         for i in range(6):
             assert c.put(b"r%d" % i, chunk(i))
         for i in range(6):
             assert bytes(c.get(b"r%d" % i)) == chunk(i)
         assert requests(shm_daemon, "shm_put") == 7  # one to stock the pool, then one per put
-        assert requests(shm_daemon, "shm_get") == 6
-        for op in ("shm_reserve", "shm_commit", "shm_release", "put", "get"):
+        for op in ("shm_get", "shm_reserve", "shm_commit", "shm_release", "put", "get"):
             assert requests(shm_daemon, op) == 0, op
-        # Each get lease is released by the next request: only the last one is still open, plus the pool.
-        assert metric(shm_daemon, "kvbucket_shm_leases") == 2
+        # Every get was read from the catalog and told to the daemon afterwards (one-way ShmHits).
+        assert metric(shm_daemon, 'kvbucket_shm_catalog_reads_total{outcome="counted"}') == 6
+        assert metric(shm_daemon, "kvbucket_shm_leases") == 1  # the pool
         assert metric(shm_daemon, "kvbucket_shm_slots") == 6 + 1  # six entries, one spare slot in the pool
-    # Closing releases the last get lease and the pool.
-    assert requests(shm_daemon, "shm_release") == 2
+    assert requests(shm_daemon, "shm_release") == 1  # closing releases the pool
     assert metric(shm_daemon, "kvbucket_shm_leases") == 0
     assert metric(shm_daemon, "kvbucket_shm_slots") == 6
+
+
+def test_without_the_catalog_a_get_is_one_round_trip(tmp_path):
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "32MiB",
+                     "--no-shm-catalog")
+    try:
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            for i in range(6):
+                assert c.put(b"r%d" % i, chunk(i))
+            for i in range(6):
+                assert bytes(c.get(b"r%d" % i)) == chunk(i)
+            assert requests(d, "shm_get") == 6
+            # Each get lease is released by the next request: only the last one is still open, plus the pool.
+            assert metric(d, "kvbucket_shm_leases") == 2
+        assert requests(d, "shm_release") == 2  # closing releases the last get lease and the pool
+        assert metric(d, "kvbucket_shm_catalog_entries") == 0  # no such gauge without a catalog
+    finally:
+        d.stop()
 
 
 def pool_put(raw, pool: int, hashes_offsets, checksums=None, **kw) -> pb.ShmPutResponse:
