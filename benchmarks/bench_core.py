@@ -565,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=180, help="stop adding rounds after this (default 180)")
     ap.add_argument("--skip-lmcache", action="store_true")
     ap.add_argument("--shm-size", default="8GiB", help="the daemon's arena (default 8GiB: the whole RAM tier)")
+    ap.add_argument("--no-shm-catalog", action="store_true",
+                    help="the daemon lists no entries for catalog reads: every shm get is a ShmGet round trip")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
 
@@ -588,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     daemons = _load_daemon_helpers()
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         sock = Path(tmp) / "kv.sock"
+        extra = ["--no-shm-catalog"] if args.no_shm_catalog else []
         d = daemons.start_daemon(Path(tmp), "--ram-capacity", "8GiB", "--unix-socket", str(sock),
-                                 "--shm-size", args.shm_size, timeout=180)  # populating the arena takes a while
+                                 "--shm-size", args.shm_size, *extra, timeout=180)  # populating the arena takes a while
         lm_proc = lm = None
         try:
             if not args.skip_lmcache:

@@ -168,6 +168,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         self.catalog_reads = {"counted": 0, "gone": 0, "refused": 0}
         if arena is not None:
             data.allocate = self.put_buffer
+            self.store.promotion_buffer = self.promotion_buffer
         if self.catalog is not None:
             self.store.first.listener = self.catalog
 
@@ -181,13 +182,24 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         entries: a fresh heap buffer there would fault in new pages on every put while the evicted
         slots sat idle (2 MiB puts over the fast wire: p50 5.4 ms -> 1.5 ms measured here). Else heap
         memory (`buffers.empty`)."""
+        view = self._spare_slot(n)
+        return memoryview(view) if view is not None else buffers.empty(n)
+
+    def promotion_buffer(self, n: int) -> memoryview | None:
+        """Where the store decodes a chunk it promotes from NVMe or S3: a slot as for a socket put (then
+        shm clients read it from the catalog, no copy-in), or None (a heap buffer of the store's)."""
+        view = self._spare_slot(n)
+        return memoryview(view) if view is not None else None
+
+    def _spare_slot(self, n: int) -> np.ndarray | None:
+        """A slot for bytes arriving other than by shared memory (`put_buffer`), or None."""
         a = self.arena
         room = getattr(self.store.first, "free_bytes", None)  # the RAM tier's (a tier without it: None)
         keep = a.size // 4 if room is None else min(a.size // 4, max(0, room - n))
         view = a.slot(n) if a.extents.free_bytes - n >= keep else None  # None too: no free extent that large
         if view is None and room is not None and room < n:
             view = self._slot(n)
-        return memoryview(view) if view is not None else buffers.empty(n)
+        return view
 
     # -- lifecycle -------------------------------------------------------------------------
 

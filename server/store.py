@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvbucket.core.codecs import Codec
 from kvbucket.core.errors import DataLoss, InvalidArgument
 from kvbucket.core.keys import EntryKey
-from kvbucket.core.record import Record, RecordHeader
+from kvbucket.core.record import Record, RecordHeader, checksum
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier
 from kvbucket.server.writebehind import WriteBehind
@@ -78,6 +78,10 @@ class TieredStore:
         depth = queue_depth or {}
         self._behind = {t.name: WriteBehind(t, depth.get(t.name, 64), metrics) for t in self.tiers[1:]}
         self._inflight: dict[EntryKey, asyncio.Future] = {}
+        # Where a chunk read from a slower tier is decoded before its promotion: a buffer of n bytes, or
+        # None for a fresh one. The shared-memory plane (server/shm.py) hands out arena slots, so
+        # entries promoted from NVMe or S3 (after a restart, say) are read by clients without a call.
+        self.promotion_buffer: Callable[[int], memoryview | None] = lambda n: None
 
     @property
     def first(self) -> Tier:
@@ -288,7 +292,8 @@ class TieredStore:
                     rec = await tier.get(key)
                 if rec is None:
                     continue
-                raw = await asyncio.to_thread(_verified_raw, rec)
+                out = self.promotion_buffer(rec.header.raw_length) if i > 0 else None
+                raw = await asyncio.to_thread(_verified_raw, rec, out)
             except DataLoss as exc:
                 self.metrics.corrupt.labels(tier.name).inc()
                 log.warning("corrupt record for %s in tier %s removed: %s", key, tier.name, exc)
@@ -338,12 +343,24 @@ class TieredStore:
             yield merged[kb]
 
 
-def _verified_raw(rec: Record) -> Record:
-    """Decode and checksum a record from a slow tier; the result has codec NONE."""
-    raw = rec.raw()
-    if rec.header.codec is Codec.NONE:
-        return rec
+def _verified_raw(rec: Record, out: memoryview | None = None) -> Record:
+    """Decode and checksum a record from a slow tier -- into `out` when given (its length is the raw
+    length) -- and return it with codec NONE."""
     h = rec.header
+    if out is not None:
+        if h.codec is Codec.NONE:
+            if len(rec.payload) != h.raw_length:
+                raise DataLoss(f"payload is {len(rec.payload)} bytes, record says {h.raw_length}")
+            out[:] = rec.payload
+            if checksum(out) != h.checksum:
+                raise DataLoss("chunk bytes do not match their checksum")
+        else:
+            rec.raw(out)
+        return Record(RecordHeader(Codec.NONE, h.dtype, h.shape, h.raw_length, h.raw_length, h.checksum, h.tokens),
+                      out)
+    raw = rec.raw()
+    if h.codec is Codec.NONE:
+        return rec
     header = RecordHeader(Codec.NONE, h.dtype, h.shape, h.raw_length, h.raw_length, h.checksum, h.tokens)
     return Record(header, raw)
 

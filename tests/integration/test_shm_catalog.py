@@ -186,3 +186,25 @@ def test_many_threads_read_through_the_catalog_while_entries_churn(lru_daemon):
             t.join()
     assert not bad
     assert metric(d, COUNTED) > 0
+
+
+def test_entries_promoted_from_nvme_after_a_restart_are_read_from_the_catalog(tmp_path):
+    args = ("--nvme", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "32MiB")
+    d = start_daemon(tmp_path / "d", *args)
+    try:
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            assert c.put_many([(b"p0", chunk(0)), (b"p1", chunk(1))]) == [True, True]
+        d.stop()  # write-behind copies reach RocksDB on the way down
+        d = start_daemon(tmp_path / "d", *args)
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:
+            got = c.get_many([b"p0", b"p1"])  # not in RAM: ShmGet reads them from NVMe and promotes them
+            assert [bytes(g) for g in got] == [chunk(0), chunk(1)]
+            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 0
+            assert metric(d, 'kvbucket_store_promotions_total{tier="ram"}') == 2
+            # Decoded straight into arena slots: no copy-in for the read, and listed for the next one.
+            assert metric(d, "kvbucket_shm_copied_in_total") == 0
+            assert metric(d, "kvbucket_shm_catalog_entries") == 2
+            assert [bytes(g) for g in c.get_many([b"p0", b"p1"])] == [chunk(0), chunk(1)]
+            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 2
+    finally:
+        d.stop()
