@@ -15,8 +15,10 @@ shares the connection. Errors are the classes of `kvbucket.core.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,6 +50,7 @@ PutItem = tuple[bytes, object] | tuple[bytes, object, int]
 _NO_SHM = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.PERMISSION_DENIED)
 _ATTACH_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,19 @@ class _Base:
         else:
             for item in normalized:
                 yield [item]
+
+    def _read_listed(self, plane: shm.ShmPlane, hashes: Sequence[bytes], out: list | None, results: list) -> int:
+        """The leading chunks the daemon's catalog lists, read with no call (clients/shm.py); how many.
+        The daemon is then told which (`_tell_hits`), so they count as hits."""
+        s = self.scope
+        prefix = plane.catalog_prefix(s.namespace, s.model, s.layout) if s.layout is not None else None
+        k = plane.read_listed(prefix, hashes, out, results) if prefix is not None else 0
+        if k:
+            scope, step = s.proto(), shm.HITS_PER_MESSAGE
+            msgs = [pb.ShmHitsRequest(scope=scope, hashes=hashes[i : min(i + step, k)]) for i in range(0, k, step)]
+            msgs[0].release.extend(self._shm_state.releases())
+            self._tell_hits(plane, msgs)
+        return k
 
     def _attach_failed(self, exc: grpc.RpcError) -> shm.ShmPlane | None:
         if exc.code() in _NO_SHM:
@@ -179,6 +195,8 @@ class Client(AdminMixin, _Base):
                          codec=codec, frame_bytes=frame_bytes, shm_wanted=shm)
         ep = self.endpoint
         self._dialer = fastwire.Dialer(not ep.tls if fast is None else fast and not ep.tls)
+        self._hits_out: set = set()  # ShmHits calls not answered yet (catalog reads without the fast wire)
+        self._hits_lock = threading.Lock()
         self._channel = (
             grpc.secure_channel(ep.target, _credentials(ep), CHANNEL_OPTIONS) if ep.tls
             else grpc.insecure_channel(ep.target, CHANNEL_OPTIONS)
@@ -450,24 +468,30 @@ class Client(AdminMixin, _Base):
             results[k:] = rest
         return results
 
-    def _read_listed(self, plane: shm.ShmPlane, hashes: Sequence[bytes], out: list | None, results: list) -> int:
-        """The leading chunks the daemon's catalog lists, read with no call (clients/shm.py); how many.
-        The daemon is told which (ShmHits, one-way) so they count as hits. Needs the fast wire."""
-        s = self.scope
-        prefix = plane.catalog_prefix(s.namespace, s.model, s.layout) if s.layout is not None else None
-        if prefix is None or (d := self._fast()) is None:
-            return 0
-        k = plane.read_listed(prefix, hashes, out, results)
-        if k:
-            st = self._shm_state
-            msg = pb.ShmHits(scope=s.proto(), hashes=hashes[:k], release=st.releases())
+    def _tell_hits(self, plane: shm.ShmPlane, msgs: list[pb.ShmHitsRequest]) -> None:
+        """Tell the daemon of catalog reads without waiting: one-way over the fast wire, else ShmHits
+        calls whose replies nobody waits for (`close()` waits for those still out)."""
+        if (d := self._fast()) is not None:
             try:
                 with d.conn(self._token, self.timeout) as c:
-                    c.notify(fastwire.Method.SHM_HITS, msg)
+                    for msg in msgs:
+                        c.notify(fastwire.Method.SHM_HITS, msg)
+                return
             except fastwire.Broken:  # the daemon went away: the reads stand (verified), uncounted
                 if plane.gone():  # and a new one removed its arena: attach again on the next call
-                    st.current(plane, 0)
-        return k
+                    self._shm_state.current(plane, 0)
+                return
+        for msg in msgs:
+            fut = self._shm.ShmHits.future(msg, timeout=self.timeout, metadata=self._metadata)
+            with self._hits_lock:
+                self._hits_out.add(fut)
+            fut.add_done_callback(self._hit_told)
+
+    def _hit_told(self, fut) -> None:
+        with self._hits_lock:
+            self._hits_out.discard(fut)
+        if fut.exception() is not None:
+            log.debug("kvbucket: ShmHits failed (those reads go uncounted): %s", fut.exception())
 
     def _get_shm(self, plane: shm.ShmPlane, hashes: Sequence[bytes], out: list | None,
                  stop_at_first_miss: bool) -> list[memoryview | None]:
@@ -519,6 +543,13 @@ class Client(AdminMixin, _Base):
             return False
 
     def close(self) -> None:
+        with self._hits_lock:
+            told = list(self._hits_out)
+        for fut in told:  # catalog reads still being told: let them be counted
+            try:
+                fut.result(timeout=self.timeout)
+            except Exception:
+                pass  # logged by _hit_told
         for lease in self._shm_state.leases_to_close():
             self._release(lease)
         self._shm_state.close()
@@ -550,6 +581,7 @@ class AsyncClient(_Base):
         self._shm = store_pb2_grpc.KVBucketShmStub(self._channel)
         self._put, self._get = _data_methods(self._channel)
         self.admin = admin_pb2_grpc.AdminStub(self._channel)
+        self._hits_out: set[asyncio.Task] = set()  # ShmHits calls not answered yet
 
     def scoped(self, *, namespace: str | None = None, model: str | None = None,
                layout: Layout | None = None) -> AsyncClient:
@@ -742,6 +774,29 @@ class AsyncClient(_Base):
         plane = await self._plane() if hashes else None
         if plane is None:
             return await self._get_grpc(hashes, out, stop_at_first_miss)
+        results: list[memoryview | None] = [None] * len(hashes)
+        k = self._read_listed(plane, hashes, out, results)
+        if k < len(hashes):
+            rest = await self._get_shm(plane, hashes[k:], out[k:] if out is not None else None, stop_at_first_miss)
+            results[k:] = rest
+        return results
+
+    def _tell_hits(self, plane: shm.ShmPlane, msgs: list[pb.ShmHitsRequest]) -> None:
+        """Tell the daemon of catalog reads by ShmHits calls nobody waits for (`close()` waits for
+        those still out)."""
+        for msg in msgs:
+            task = asyncio.get_running_loop().create_task(self._tell(msg))
+            self._hits_out.add(task)
+            task.add_done_callback(self._hits_out.discard)
+
+    async def _tell(self, msg: pb.ShmHitsRequest) -> None:
+        try:
+            await self._shm.ShmHits(msg, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            log.debug("kvbucket: ShmHits failed (those reads go uncounted): %s", exc)
+
+    async def _get_shm(self, plane: shm.ShmPlane, hashes: Sequence[bytes], out: list | None,
+                       stop_at_first_miss: bool) -> list[memoryview | None]:
         req = pb.ShmGetRequest(scope=self.scope.proto(), hashes=hashes, stop_at_first_miss=stop_at_first_miss,
                                release=self._shm_state.releases())
         resp = await self._call(self._shm.ShmGet, req)
@@ -776,6 +831,8 @@ class AsyncClient(_Base):
         return await self._call(self.admin.ListEntries, apb.ListEntriesRequest(**filters))
 
     async def close(self) -> None:
+        if self._hits_out:  # catalog reads still being told: let them be counted
+            await asyncio.gather(*self._hits_out, return_exceptions=True)
         for lease in self._shm_state.leases_to_close():
             await self._release(lease)
         self._shm_state.close()

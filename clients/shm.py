@@ -12,10 +12,10 @@ needed, one ShmPut stocks it first; when the daemon grants none, the two-step Sh
 ShmCommit is used, and chunks it marks `fallback` go through Put.
 Get, no round trip: the chunks the daemon's catalog (core/catalog.py) lists are copied straight out of
 their slots and verified (`ShmPlane.read_listed`), and the daemon is told afterwards (ShmHits, one-way
-over the fast wire). The rest, one round trip: ShmGet -> `ShmPlane.read` (copy out and verify: a worker
-thread hashes each piece right behind the copy); the lease is released by the next request
-(`Attachment.defer_release`), or at close. Both SDK clients are thin shells over these; the catalog
-needs the fast wire, which `AsyncClient` does not use, so its gets are all ShmGet.
+over the fast wire; without it, a ShmHits call nobody waits for). The rest, one round trip: ShmGet ->
+`ShmPlane.read` (copy out and verify: a worker thread hashes each piece right behind the copy); the
+lease is released by the next request (`Attachment.defer_release`), or at close. Both SDK clients are
+thin shells over these.
 
 `register_with_cuda(view)` page-locks a mapped region for CUDA (cudaHostRegister) so GPU copies
 into it run as DMA; `Client.shm_region()` is the region.
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # A put announces each ANNOUNCE bytes it has copied (ShmWritten): the daemon hashes them while the next
 # are copied. Measured here, 32 MiB: 1-2 MiB pieces ~6 ms, 8 MiB ~9 ms (as hashing it all at commit).
 ANNOUNCE = 2 << 20
+HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a single-chunk get (64 KiB-512 KiB measured alike)
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"

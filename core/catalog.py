@@ -12,9 +12,11 @@ daemon's clock), then `buckets` (a power of two) buckets of WAYS entries of 64 b
 
     seq u64 | tag_lo u64 | tag_hi u64 | offset u64 | length u64 | check u64 | expires f64 | tokens u64
 
-tag: xxh3_128 of the entry's key (`EntryKey.to_bytes`), with tag_lo | 1 so that 0 means empty; the
-bucket is tag_hi mod buckets. check: the chunk's xxh3_64 XOR tag_lo, so a torn read pairing one
-key's tag with another's checksum cannot verify. expires: unix time by the daemon's clock, 0 for never.
+tag: xxh3_128 of the entry's key (`EntryKey.to_bytes`), with tag_lo | 1 so that 0 means empty. An
+entry lives in one of two buckets, tag_hi mod buckets or else (tag_lo >> 1) mod buckets (two choices
+keep buckets from overflowing at loads where one would). check: the chunk's xxh3_64 XOR tag_lo, so a
+torn read pairing one key's tag with another's checksum cannot verify. expires: unix time by the
+daemon's clock, 0 for never.
 
 One writer (the daemon's event loop) and many readers, as a seqlock: seq is odd while an entry
 changes and each change adds 2. A reader (`Reader`) finds the tag with an even seq, copies the
@@ -24,8 +26,8 @@ corrupt. The daemon unlists an entry before its slot can go back to the allocato
 RAM tier drops is the slot's last reference), so an unchanged seq after the copy means the slot was
 not reused during it; the hash covers a process that scribbled on the slot.
 
-This module is the format and the reader; server/catalog.py is the writer. A bucket with no free way
-leaves an entry unlisted: readers get it by ShmGet. Trust is the arena's (server/arena.py): whoever
+This module is the format and the reader; server/catalog.py is the writer. Two full buckets leave
+an entry unlisted: readers get it by ShmGet. Trust is the arena's (server/arena.py): whoever
 can map the file reads every slot and this table; auth scopes the calls, not the memory.
 """
 
@@ -65,6 +67,11 @@ def tag_of(key_bytes: bytes) -> tuple[int, int]:
     return (t & 0xFFFF_FFFF_FFFF_FFFF) | 1, t >> 64
 
 
+def buckets_of(lo: int, hi: int, mask: int) -> tuple[int, int]:
+    """Byte positions (from the table's start) of the two buckets an entry of this tag may live in."""
+    return HEADER_BYTES + (hi & mask) * BUCKET_BYTES, HEADER_BYTES + ((lo >> 1) & mask) * BUCKET_BYTES
+
+
 class Found(NamedTuple):
     pos: int  # of the entry, in the mapping
     seq: int
@@ -92,13 +99,14 @@ class Reader:
     def find(self, key_bytes: bytes, now: float) -> Found | None:
         """The listed entry of this key, unexpired at `now` (the daemon's time), with a stable seq; or None."""
         lo, hi = tag_of(key_bytes)
-        base = self.offset + HEADER_BYTES + (hi & self.mask) * BUCKET_BYTES
-        for pos in range(base, base + BUCKET_BYTES, ENTRY.size):
-            seq, tlo, thi, off, n, check, expires, _ = ENTRY.unpack_from(self.view, pos)
-            if tlo == lo and thi == hi:
-                if seq & 1 or (expires and expires <= now):
-                    return None
-                return Found(pos, seq, off, n, check ^ lo)
+        for bucket in buckets_of(lo, hi, self.mask):
+            base = self.offset + bucket
+            for pos in range(base, base + BUCKET_BYTES, ENTRY.size):
+                seq, tlo, thi, off, n, check, expires, _ = ENTRY.unpack_from(self.view, pos)
+                if tlo == lo and thi == hi:
+                    if seq & 1 or (expires and expires <= now):
+                        return None
+                    return Found(pos, seq, off, n, check ^ lo)
         return None
 
     def unchanged(self, found: Found) -> bool:

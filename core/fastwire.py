@@ -15,7 +15,7 @@ Frames, all integers little-endian:
 bearer token, UTF-8, maybe empty); a refused HELLO closes the connection. Then:
 
     unary     one request, one reply (LOOKUP, EXISTS, DELETE and the KVBucketShm calls)
-    one-way   SHM_WRITTEN (body ShmWritten), SHM_HITS (body ShmHits): no reply, whatever becomes of it
+    one-way   SHM_WRITTEN (body ShmWritten), SHM_HITS (body ShmHitsRequest): no reply, whatever becomes of it
     PUT       body PutRequest{header}; then exactly header.payload_length raw bytes; reply PutResponse
     GET       body GetRequest; replies: per hash a GetResponse{header} followed by header.payload_length
               raw bytes, or a GetResponse{miss}; then an empty OK reply ends the stream. An error reply

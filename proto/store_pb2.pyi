@@ -347,7 +347,7 @@ class ShmWritten(_message.Message):
     written: int
     def __init__(self, pool: _Optional[int] = ..., offset: _Optional[int] = ..., written: _Optional[int] = ...) -> None: ...
 
-class ShmHits(_message.Message):
+class ShmHitsRequest(_message.Message):
     __slots__ = ("scope", "hashes", "release")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +368,10 @@ class ShmPutResponse(_message.Message):
     slots: _containers.RepeatedCompositeFieldContainer[ShmSlot]
     nonce: int
     def __init__(self, pool: _Optional[int] = ..., results: _Optional[_Iterable[_Union[ChunkResult, _Mapping]]] = ..., slots: _Optional[_Iterable[_Union[ShmSlot, _Mapping]]] = ..., nonce: _Optional[int] = ...) -> None: ...
+
+class ShmHitsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ShmReleaseResponse(_message.Message):
     __slots__ = ("released",)

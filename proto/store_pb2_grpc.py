@@ -351,6 +351,11 @@ class KVBucketShmStub(object):
                 request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmPutRequest.SerializeToString,
                 response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmPutResponse.FromString,
                 _registered_method=True)
+        self.ShmHits = channel.unary_unary(
+                '/kvbucket.v1.KVBucketShm/ShmHits',
+                request_serializer=kvbucket_dot_proto_dot_store__pb2.ShmHitsRequest.SerializeToString,
+                response_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmHitsResponse.FromString,
+                _registered_method=True)
 
 
 class KVBucketShmServicer(object):
@@ -392,6 +397,12 @@ class KVBucketShmServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShmHits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVBucketShmServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -424,6 +435,11 @@ def add_KVBucketShmServicer_to_server(servicer, server):
                     servicer.ShmPut,
                     request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmPutRequest.FromString,
                     response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmPutResponse.SerializeToString,
+            ),
+            'ShmHits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShmHits,
+                    request_deserializer=kvbucket_dot_proto_dot_store__pb2.ShmHitsRequest.FromString,
+                    response_serializer=kvbucket_dot_proto_dot_store__pb2.ShmHitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +604,33 @@ class KVBucketShm(object):
             '/kvbucket.v1.KVBucketShm/ShmPut',
             kvbucket_dot_proto_dot_store__pb2.ShmPutRequest.SerializeToString,
             kvbucket_dot_proto_dot_store__pb2.ShmPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShmHits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvbucket.v1.KVBucketShm/ShmHits',
+            kvbucket_dot_proto_dot_store__pb2.ShmHitsRequest.SerializeToString,
+            kvbucket_dot_proto_dot_store__pb2.ShmHitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

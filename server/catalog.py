@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kvbucket.core.catalog import BODY, BUCKET_BYTES, CLOSED, ENTRY, HEADER, HEADER_BYTES, OPEN, SEQ, tag_of
+from kvbucket.core.catalog import BODY, BUCKET_BYTES, CLOSED, ENTRY, HEADER, OPEN, SEQ, buckets_of, tag_of
 from kvbucket.core.codecs import Codec
 from kvbucket.core.record import Record
 from kvbucket.server.tiers.base import EntryMeta
@@ -23,7 +23,7 @@ class Catalog:
         self.buckets = buckets
         self._offset_of = offset_of
         self._where: dict[bytes, int] = {}  # key bytes -> byte position of its entry
-        self.unlisted = 0  # entries left out: their bucket was full
+        self.unlisted = 0  # entries left out: both their buckets were full
         HEADER.pack_into(self.view, 0, OPEN, 0.0)
 
     def __len__(self) -> int:
@@ -41,7 +41,7 @@ class Catalog:
         lo, hi = tag_of(kb)
         pos = self._where.get(kb)
         if pos is None:
-            pos = self._free_way(hi)
+            pos = self._free_way(lo, hi)
             if pos is None:
                 self.unlisted += 1
                 return
@@ -71,11 +71,11 @@ class Catalog:
 
     # -- the table -------------------------------------------------------------------------
 
-    def _free_way(self, hi: int) -> int | None:
-        base = HEADER_BYTES + (hi & (self.buckets - 1)) * BUCKET_BYTES
-        for pos in range(base, base + BUCKET_BYTES, ENTRY.size):
-            if not ENTRY.unpack_from(self.view, pos)[1]:
-                return pos
+    def _free_way(self, lo: int, hi: int) -> int | None:
+        for base in buckets_of(lo, hi, self.buckets - 1):
+            for pos in range(base, base + BUCKET_BYTES, ENTRY.size):
+                if not ENTRY.unpack_from(self.view, pos)[1]:
+                    return pos
         return None
 
     def _write(self, pos: int, *body) -> None:

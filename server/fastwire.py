@@ -240,7 +240,7 @@ class FastWireServer:
                 self.shm.announced["ignored"] += 1
         elif method == Method.SHM_HITS:  # one-way, as SHM_WRITTEN
             try:
-                self.shm.hits(self.data._caller(ctx), pb.ShmHits.FromString(body))
+                self.shm.hits(self.data._caller(ctx), pb.ShmHitsRequest.FromString(body))
             except (DecodeError, errors.KVBucketError):
                 self.shm.catalog_reads["refused"] += 1
         elif method == Method.PUT:

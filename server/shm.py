@@ -373,7 +373,13 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
         prog.hashed = msg.written
         self.announced["hashed"] += 1
 
-    def hits(self, caller, msg: pb.ShmHits) -> None:
+    @rpc("shm_hits")
+    async def ShmHits(self, request: pb.ShmHitsRequest, context) -> pb.ShmHitsResponse:
+        """`hits` over gRPC (clients without the fast wire)."""
+        self.hits(self._begin(context), request)
+        return pb.ShmHitsResponse()
+
+    def hits(self, caller, msg: pb.ShmHitsRequest) -> None:
         """ShmHits (fast wire, no reply): chunks a client read through the catalog, counted as a ShmGet
         counts them -- hits, recency, sliding TTL, usage, bytes and tokens served. One that has left the
         RAM tier since is counted only in `catalog_reads["gone"]`."""
@@ -556,7 +562,7 @@ class ShmCollector:
             yield g("kvbucket_shm_catalog_entries", "Entries listed in the catalog (read without a call)",
                     value=len(svc.catalog))
             yield CounterMetricFamily("kvbucket_shm_catalog_unlisted", "Entries left out of the catalog: "
-                                      "their bucket was full (read by ShmGet)", value=svc.catalog.unlisted)
+                                      "both their buckets were full (read by ShmGet)", value=svc.catalog.unlisted)
             reads = CounterMetricFamily(
                 "kvbucket_shm_catalog_reads", "Chunks clients read through the catalog: counted as hits, gone "
                 "from RAM by the time they were told, or refused (a message with a bad scope: counted once)",

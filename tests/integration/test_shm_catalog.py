@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, requests, unix_target, unix_url
 
-from kvbucket import Client
+from kvbucket import Client, Layout
+from kvbucket.clients.sdk import AsyncClient
 from kvbucket.core import catalog
 from kvbucket.core.errors import DataLoss, PermissionDenied
 from kvbucket.core.keys import EntryKey
@@ -206,5 +207,46 @@ def test_entries_promoted_from_nvme_after_a_restart_are_read_from_the_catalog(tm
             assert metric(d, "kvbucket_shm_catalog_entries") == 2
             assert [bytes(g) for g in c.get_many([b"p0", b"p1"])] == [chunk(0), chunk(1)]
             assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 2
+    finally:
+        d.stop()
+
+
+def test_without_the_fast_wire_catalog_reads_are_told_by_shm_hits_calls(lru_daemon):
+    d = lru_daemon
+    with Client(unix_url(d), model="m", layout=LAYOUT, fast=False) as c:
+        assert c.put(b"a", chunk(1))
+        for _ in range(3):
+            assert bytes(c.get(b"a")) == chunk(1)
+        assert requests(d, "shm_get") == 0
+    # close() waited for the calls still out
+    assert requests(d, "shm_hits") == 3 and metric(d, COUNTED) == 3
+
+
+async def test_async_client_reads_the_catalog_too(lru_daemon):
+    d = lru_daemon
+    async with AsyncClient(unix_url(d), model="m", layout=LAYOUT) as c:
+        assert await c.put_many([(b"a", chunk(1)), (b"b", chunk(2))]) == [True, True]
+        got = await c.get_many([b"a", b"b", b"nope"])
+        assert bytes(got[0]) == chunk(1) and bytes(got[1]) == chunk(2) and got[2] is None
+        assert requests(d, "shm_get") == 1  # only for the one not listed
+    assert requests(d, "shm_hits") == 1 and metric(d, COUNTED) == 2
+
+
+def test_a_read_of_more_hashes_than_one_call_may_name_is_told_in_parts(tmp_path):
+    small = Layout("uint8", (4096,), tokens_per_chunk=16)
+    n = 4096 + 3
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "512MiB")
+    try:
+        with Client(unix_url(d), model="m", layout=small) as c:
+            keys = [b"s%d" % i for i in range(n)]
+            for i in range(0, n, 4096):
+                c.put_many([(k, bytes([j % 251]) * 4096) for j, k in enumerate(keys[i : i + 4096], i)])
+            assert metric(d, "kvbucket_shm_catalog_entries") == n
+            got = c.get_many(keys)
+            assert all(bytes(g) == bytes([j % 251]) * 4096 for j, g in enumerate(got))
+            c.exists([b"s0"])  # a call on the same connection: the one-way messages are handled by now
+        assert requests(d, "shm_get") == 0
+        assert metric(d, COUNTED) == n
+        assert metric(d, 'kvbucket_shm_catalog_reads_total{outcome="refused"}') == 0
     finally:
         d.stop()

@@ -92,23 +92,46 @@ def test_only_raw_payloads_in_arena_slots_are_listed(arena):
     assert r.find(key(2).to_bytes(), 0.0) is None
 
 
-def test_a_full_bucket_leaves_entries_unlisted_until_a_way_frees(tmp_path):
+def test_two_full_buckets_leave_an_entry_unlisted_until_a_way_frees(tmp_path):
     a = Arena(1 << 20, tmp_path, reserve=False)  # the smallest table: 16 buckets
     cat, r = a.catalog(), reader(a)
+    mask = a.catalog_buckets - 1
     kbs, i = [], 0
-    while len(kbs) < catalog.WAYS + 1:  # keys of one bucket
+    while len(kbs) < 2 * catalog.WAYS + 1:  # keys whose two buckets are both bucket 0
         kb = key(i).to_bytes()
-        if catalog.tag_of(kb)[1] & (a.catalog_buckets - 1) == 0:
+        lo, hi = catalog.tag_of(kb)
+        if hi & mask == 0 and (lo >> 1) & mask == 0:
             kbs.append(kb)
         i += 1
     rec = record_in(a.slot(4096), 5)
-    for kb in kbs:
+    for kb in kbs[: catalog.WAYS + 1]:  # one more than a bucket holds
         cat.stored(kb, rec, meta(key(0)))
     assert cat.unlisted == 1 and len(cat) == catalog.WAYS
-    assert r.find(kbs[-1], 0.0) is None and all(r.find(kb, 0.0) for kb in kbs[:-1])
+    assert r.find(kbs[catalog.WAYS], 0.0) is None and all(r.find(kb, 0.0) for kb in kbs[: catalog.WAYS])
     cat.dropped(kbs[0])
-    cat.stored(kbs[-1], rec, meta(key(0)))
-    assert r.find(kbs[-1], 0.0) is not None
+    cat.stored(kbs[catalog.WAYS], rec, meta(key(0)))
+    assert r.find(kbs[catalog.WAYS], 0.0) is not None
+    a.close()
+
+
+def test_an_entry_whose_first_bucket_is_full_goes_to_its_second(tmp_path):
+    a = Arena(1 << 20, tmp_path, reserve=False)
+    cat, r = a.catalog(), reader(a)
+    mask = a.catalog_buckets - 1
+    first, other, i = [], None, 0
+    while len(first) < catalog.WAYS or other is None:
+        kb = key(i).to_bytes()
+        lo, hi = catalog.tag_of(kb)
+        if hi & mask == 0 and len(first) < catalog.WAYS:
+            first.append(kb)
+        elif hi & mask == 0 and (lo >> 1) & mask != 0:
+            other = kb
+        i += 1
+    rec = record_in(a.slot(4096), 5)
+    for kb in first:
+        cat.stored(kb, rec, meta(key(0)))
+    cat.stored(other, rec, meta(key(0)))  # bucket 0 is full: it lands in its second bucket
+    assert cat.unlisted == 0 and r.find(other, 0.0) is not None
     a.close()
 
 
