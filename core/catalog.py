@@ -24,7 +24,10 @@ slot's bytes and hashes the copy, and serves it only when seq is still the same 
 matches; otherwise it asks the daemon (ShmGet), which serves the chunk or says it is gone or
 corrupt. The daemon unlists an entry before its slot can go back to the allocator (the record the
 RAM tier drops is the slot's last reference), so an unchanged seq after the copy means the slot was
-not reused during it; the hash covers a process that scribbled on the slot.
+not reused during it; the hash covers a process that scribbled on the slot. Both sides use plain
+loads and stores (`struct`): on x86 the seqlock holds exactly; where loads may be reordered (ARM), a
+reader may see an entry half-changed, and then the checksum bound to the tag fails and the get goes
+to the daemon -- wrong bytes are not served either way.
 
 This module is the format and the reader; server/catalog.py is the writer. Two full buckets leave
 an entry unlisted: readers get it by ShmGet. Trust is the arena's (server/arena.py): whoever

@@ -1,14 +1,26 @@
 """Prometheus metrics on the daemon's own registry, injected into the parts that count.
 
 Names are kvbucket_<layer>_<what>; labels are bounded (op, tier, reason, status).
+
+The values live in this process's memory, always. vLLM and LMCache set PROMETHEUS_MULTIPROC_DIR for
+their worker processes; a daemon that inherits it (started by the same shell, script or test) would
+otherwise keep its counters in shared files named by pid, and a recycled pid starts from a dead
+process's counts (seen here: 45 ShmPut calls reported for 41 made, after LMCache ran in the parent).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+for _var in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):  # before prometheus_client reads it
+    os.environ.pop(_var, None)
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server  # noqa: E402
+from prometheus_client import values as _values  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+
+_values.ValueClass = _values.MutexValue  # in case prometheus_client was imported before the variable went
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 

@@ -35,3 +35,10 @@ def metric(d, name: str) -> float:
 
 def requests(d, op: str) -> float:
     return metric(d, f'kvbucket_server_requests_total{{op="{op}",status="OK"}}')
+
+
+def request_mix(d) -> str:
+    """Every request the daemon counted, by op and status: what an exact-count assertion shows on failure."""
+    text = urllib.request.urlopen(d.metrics_url).read().decode()
+    return "; ".join(line.removeprefix("kvbucket_server_requests_total") for line in text.splitlines()
+                     if line.startswith("kvbucket_server_requests_total{"))

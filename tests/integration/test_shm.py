@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, requests, unix_target, unix_url
+from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, request_mix, requests, unix_target, unix_url
 
 from kvbucket import Client, Layout
 from kvbucket.clients.sdk import AsyncClient
@@ -278,7 +278,7 @@ def test_fallback_to_grpc_when_the_arena_file_cannot_be_opened(shm_daemon, caplo
         assert c.put(b"f", chunk(4))
         assert bytes(c.get(b"f")) == chunk(4)
     assert any("cannot map" in r.getMessage() for r in caplog.records)
-    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 1
+    assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 1, request_mix(shm_daemon)
 
 
 def test_client_attaches_again_after_a_daemon_restart(tmp_path):
@@ -295,7 +295,7 @@ def test_client_attaches_again_after_a_daemon_restart(tmp_path):
             assert c.put(b"b", chunk(2))  # the new arena is detected: this call goes by Put
             assert c.put(b"c", chunk(3)) and bytes(c.get(b"c")) == chunk(3)  # attached to the new one
             assert c.shm_region() is not first
-        assert metric(d, 'kvbucket_server_requests_total{op="put"') == 1
+        assert metric(d, 'kvbucket_server_requests_total{op="put"') == 1, request_mix(d)
         assert metric(d, "kvbucket_shm_slots") == 2  # "b" went by gRPC Put, received into a slot too
     finally:
         d.stop()
@@ -307,9 +307,10 @@ def test_steady_state_is_one_round_trip_per_put_and_none_per_get(shm_daemon):
             assert c.put(b"r%d" % i, chunk(i))
         for i in range(6):
             assert bytes(c.get(b"r%d" % i)) == chunk(i)
-        assert requests(shm_daemon, "shm_put") == 7  # one to stock the pool, then one per put
+        mix = request_mix(shm_daemon)
+        assert requests(shm_daemon, "shm_put") == 7, mix  # one to stock the pool, then one per put
         for op in ("shm_get", "shm_reserve", "shm_commit", "shm_release", "put", "get"):
-            assert requests(shm_daemon, op) == 0, op
+            assert requests(shm_daemon, op) == 0, mix
         # Every get was read from the catalog and told to the daemon afterwards (one-way ShmHits).
         assert metric(shm_daemon, 'kvbucket_shm_catalog_reads_total{outcome="counted"}') == 6
         assert metric(shm_daemon, "kvbucket_shm_leases") == 1  # the pool
@@ -328,7 +329,7 @@ def test_without_the_catalog_a_get_is_one_round_trip(tmp_path):
                 assert c.put(b"r%d" % i, chunk(i))
             for i in range(6):
                 assert bytes(c.get(b"r%d" % i)) == chunk(i)
-            assert requests(d, "shm_get") == 6
+            assert requests(d, "shm_get") == 6, request_mix(d)
             # Each get lease is released by the next request: only the last one is still open, plus the pool.
             assert metric(d, "kvbucket_shm_leases") == 2
         assert requests(d, "shm_release") == 2  # closing releases the last get lease and the pool

@@ -10,7 +10,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, requests, unix_target, unix_url
+from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, request_mix, requests, unix_target, unix_url
 
 from kvbucket import Client, Layout
 from kvbucket.clients.sdk import AsyncClient
@@ -60,7 +60,7 @@ def test_catalog_reads_are_counted_as_hits_and_keep_recency(lru_daemon):
         assert c.put(b"d", chunk(ord("d")))  # evicts "b", the least recently used
         assert c.get(b"b") is None  # not listed any more: asked the daemon (ShmGet), a miss
         assert bytes(c.get(b"a")) == chunk(ord("a"))
-        assert requests(d, "shm_get") == 1
+        assert requests(d, "shm_get") == 1, request_mix(d)
         assert metric(d, COUNTED) == 2  # "a" twice
         assert metric(d, "kvbucket_store_misses_total") == 1
         ram = next(t for t in c.stats().tiers if t.tier == pb.TIER_RAM)
@@ -82,7 +82,7 @@ def test_a_prefix_partly_listed_reads_the_rest_by_one_shm_get(lru_daemon):
         got = c.get_many([b"p0", b"p1", b"p2", b"p3"], out=out, stop_at_first_miss=True)
         assert [bytes(g) if g is not None else None for g in got] == [chunk(0), chunk(1), chunk(2), None]
         assert got[0].obj is out[0] and got[2].obj is out[2]  # into the caller's buffers, both ways
-        assert metric(d, COUNTED) == 2 and requests(d, "shm_get") == 1
+        assert metric(d, COUNTED) == 2 and requests(d, "shm_get") == 1, request_mix(d)
 
 
 def test_deleted_and_overwritten_entries_are_never_read_from_the_catalog(lru_daemon):
@@ -97,7 +97,7 @@ def test_deleted_and_overwritten_entries_are_never_read_from_the_catalog(lru_dae
         assert c.delete([b"x"]) == 1
         assert m.find(b"x") is None
         assert c.get(b"x") is None
-        assert metric(d, COUNTED) == 2 and requests(d, "shm_get") == 1
+        assert metric(d, COUNTED) == 2 and requests(d, "shm_get") == 1, request_mix(d)
 
 
 def test_a_corrupted_slot_is_never_served(lru_daemon):
@@ -200,13 +200,13 @@ def test_entries_promoted_from_nvme_after_a_restart_are_read_from_the_catalog(tm
         with Client(unix_url(d), model="m", layout=LAYOUT) as c:
             got = c.get_many([b"p0", b"p1"])  # not in RAM: ShmGet reads them from NVMe and promotes them
             assert [bytes(g) for g in got] == [chunk(0), chunk(1)]
-            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 0
+            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 0, request_mix(d)
             assert metric(d, 'kvbucket_store_promotions_total{tier="ram"}') == 2
             # Decoded straight into arena slots: no copy-in for the read, and listed for the next one.
             assert metric(d, "kvbucket_shm_copied_in_total") == 0
             assert metric(d, "kvbucket_shm_catalog_entries") == 2
             assert [bytes(g) for g in c.get_many([b"p0", b"p1"])] == [chunk(0), chunk(1)]
-            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 2
+            assert requests(d, "shm_get") == 1 and metric(d, COUNTED) == 2, request_mix(d)
     finally:
         d.stop()
 
@@ -217,9 +217,9 @@ def test_without_the_fast_wire_catalog_reads_are_told_by_shm_hits_calls(lru_daem
         assert c.put(b"a", chunk(1))
         for _ in range(3):
             assert bytes(c.get(b"a")) == chunk(1)
-        assert requests(d, "shm_get") == 0
+        assert requests(d, "shm_get") == 0, request_mix(d)
     # close() waited for the calls still out
-    assert requests(d, "shm_hits") == 3 and metric(d, COUNTED) == 3
+    assert requests(d, "shm_hits") == 3 and metric(d, COUNTED) == 3, request_mix(d)
 
 
 async def test_async_client_reads_the_catalog_too(lru_daemon):
@@ -228,8 +228,8 @@ async def test_async_client_reads_the_catalog_too(lru_daemon):
         assert await c.put_many([(b"a", chunk(1)), (b"b", chunk(2))]) == [True, True]
         got = await c.get_many([b"a", b"b", b"nope"])
         assert bytes(got[0]) == chunk(1) and bytes(got[1]) == chunk(2) and got[2] is None
-        assert requests(d, "shm_get") == 1  # only for the one not listed
-    assert requests(d, "shm_hits") == 1 and metric(d, COUNTED) == 2
+        assert requests(d, "shm_get") == 1, request_mix(d)  # only for the one not listed
+    assert requests(d, "shm_hits") == 1 and metric(d, COUNTED) == 2, request_mix(d)
 
 
 def test_a_read_of_more_hashes_than_one_call_may_name_is_told_in_parts(tmp_path):
@@ -245,7 +245,7 @@ def test_a_read_of_more_hashes_than_one_call_may_name_is_told_in_parts(tmp_path)
             got = c.get_many(keys)
             assert all(bytes(g) == bytes([j % 251]) * 4096 for j, g in enumerate(got))
             c.exists([b"s0"])  # a call on the same connection: the one-way messages are handled by now
-        assert requests(d, "shm_get") == 0
+        assert requests(d, "shm_get") == 0, request_mix(d)
         assert metric(d, COUNTED) == n
         assert metric(d, 'kvbucket_shm_catalog_reads_total{outcome="refused"}') == 0
     finally:

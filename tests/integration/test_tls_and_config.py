@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -57,3 +58,19 @@ def test_invalid_configuration_is_reported_and_the_daemon_does_not_start(tmp_pat
 
     r = run_cli("serve", "--ram-policy", "fifo-ish", "--port", "0", "--data-dir", str(tmp_path), timeout=60)
     assert r.returncode == 2 and "invalid configuration" in r.stderr
+
+
+def test_metrics_stay_in_the_daemons_memory_when_it_inherits_a_multiprocess_dir(tmp_path):
+    """vLLM and LMCache export PROMETHEUS_MULTIPROC_DIR; a daemon started under it must not keep its
+    counters in that directory's pid-named files (a recycled pid would start from stale counts)."""
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    d = start_daemon(tmp_path / "d", env={"PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    try:
+        with Client(d.url, model="m", layout=Layout("uint8", (64,), tokens_per_chunk=4)) as c:
+            assert c.put(b"x", bytes(64))
+        text = urllib.request.urlopen(d.metrics_url).read().decode()
+        assert 'kvbucket_server_requests_total{op="put",status="OK"} 1.0' in text
+        assert list(shared.iterdir()) == []
+    finally:
+        d.stop()
