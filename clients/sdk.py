@@ -490,8 +490,12 @@ class Client(AdminMixin, _Base):
     def _hit_told(self, fut) -> None:
         with self._hits_lock:
             self._hits_out.discard(fut)
-        if fut.exception() is not None:
-            log.debug("kvbucket: ShmHits failed (those reads go uncounted): %s", fut.exception())
+        try:
+            exc = fut.exception()
+        except grpc.FutureCancelledError as cancelled:
+            exc = cancelled
+        if exc is not None:
+            log.debug("kvbucket: ShmHits failed (those reads go uncounted): %s", exc)
 
     def _get_shm(self, plane: shm.ShmPlane, hashes: Sequence[bytes], out: list | None,
                  stop_at_first_miss: bool) -> list[memoryview | None]:
