@@ -4,9 +4,12 @@ Put: ShmReserve validates the headers as Put does and allocates one arena slot p
 arena-held RAM entries when the arena is full; `fallback` when it still cannot); the client writes the
 bytes; ShmCommit verifies each slot's xxh3 and stores a record whose payload *is* the slot -- the RAM
 tier keeps it, no copy. Get: ShmGet returns the offsets of the slots holding the entries (an entry
-held outside the arena -- put over gRPC, promoted from NVMe -- is copied into a fresh slot) under a
+held outside the arena -- a compressed put, a heap buffer -- is copied into a fresh slot) under a
 lease; the client copies and releases -- by listing the lease in its next request (`release`), so a
-get costs one round trip. ShmPut is the one-round-trip put: the client holds a *pool* of spare
+get costs one round trip. Most gets cost none: entries held in slots are listed in the catalog
+(server/catalog.py, core/catalog.py), which clients read directly, and `hits` (ShmHits) counts those
+reads afterwards. Entries promoted from NVMe or S3 are decoded into slots (`promotion_buffer`), so
+they are listed too. ShmPut is the one-round-trip put: the client holds a *pool* of spare
 slots (a lease of kind "pool", refilled by each ShmPut), writes a chunk into one, and ShmPut
 verifies and stores it and refills the pool (evicting by policy when the arena is full, as a reserve
 does; a pool holds at most `pool_bytes`). A lease holds references to its slots; a slot goes back to
