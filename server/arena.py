@@ -2,7 +2,7 @@
 
     0       8   magic b"KVBSHM01"
     8       8   nonce (u64 little-endian): a client checks it to know it mapped the daemon's arena
-    4096    ..  the catalog (server/catalog.py), a whole number of pages; none when `catalog` is off
+    4096    ..  the catalog (format: core/catalog.py), a whole number of pages; none when `catalog` is off
     ..      ..  slots, each a whole number of pages
 
 `Extents` is the allocator: first-fit over a sorted list of free extents, coalescing on free.

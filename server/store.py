@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kvbucket.core.codecs import Codec
 from kvbucket.core.errors import DataLoss, InvalidArgument
 from kvbucket.core.keys import EntryKey
-from kvbucket.core.record import Record, RecordHeader, checksum
+from kvbucket.core.record import Record, RecordHeader
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier
 from kvbucket.server.writebehind import WriteBehind
@@ -344,22 +344,16 @@ class TieredStore:
 
 
 def _verified_raw(rec: Record, out: memoryview | None = None) -> Record:
-    """Decode and checksum a record from a slow tier -- into `out` when given (its length is the raw
-    length) -- and return it with codec NONE."""
+    """Decode and checksum a record from a slow tier -- into `out` when given (raw_length bytes: a
+    compressed payload is decoded there, a raw one copied there once verified) -- and return it with
+    codec NONE."""
     h = rec.header
+    raw = rec.raw(out)
     if out is not None:
         if h.codec is Codec.NONE:
-            if len(rec.payload) != h.raw_length:
-                raise DataLoss(f"payload is {len(rec.payload)} bytes, record says {h.raw_length}")
-            out[:] = rec.payload
-            if checksum(out) != h.checksum:
-                raise DataLoss("chunk bytes do not match their checksum")
-        else:
-            rec.raw(out)
-        return Record(RecordHeader(Codec.NONE, h.dtype, h.shape, h.raw_length, h.raw_length, h.checksum, h.tokens),
-                      out)
-    raw = rec.raw()
-    if h.codec is Codec.NONE:
+            out[:] = raw
+        raw = out
+    elif h.codec is Codec.NONE:
         return rec
     header = RecordHeader(Codec.NONE, h.dtype, h.shape, h.raw_length, h.raw_length, h.checksum, h.tokens)
     return Record(header, raw)
