@@ -49,3 +49,14 @@ def test_a_destination_of_the_wrong_size_raises_and_the_next_call_is_whole():
                    (memoryview(bytearray(PIECE)), memoryview(big))])
     pairs = _pairs([2 * PIECE + 7], 1)
     assert copy_hash(pairs) == [checksum(pairs[0][1])]
+
+
+@pytest.mark.parametrize("sizes", [[FUSED, FUSED], [3 * PIECE]])
+def test_a_destination_that_cannot_be_written_raises_and_the_next_call_is_whole(sizes):
+    # The worker copies every other chunk of a batch (here the second) and the tail of a chunk over
+    # PIECE: a read-only destination fails there too, and the error reaches the caller, not a checksum.
+    pairs = _pairs(sizes, 3)
+    dst, src = pairs[-1]
+    with pytest.raises((TypeError, ValueError), match="read-only"):
+        copy_hash([*pairs[:-1], (memoryview(bytes(len(dst))), src)])
+    assert copy_hash(pairs) == [checksum(s) for _, s in pairs]
