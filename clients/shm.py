@@ -201,7 +201,7 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     -- the tail past HEAD_SHARE of a chunk over PIECE, every other chunk of a batch of smaller ones --
     and this thread hashes that from memory once it has landed. One chunk up to PIECE is all copied
     here. Measured here against a single-threaded memcpy of the same bytes: 32 MiB 0.97-1.11x (0.85-0.91x
-    copying all here while the worker hashed behind), 16 x 2 MiB 0.91-0.95x (0.76-0.84x), one 2 MiB
+    copying all here while the worker hashed behind), 16 x 2 MiB 0.83-0.92x (0.76-0.84x), one 2 MiB
     0.79-0.88x."""
     plan = []
     for i, (dst, src) in enumerate(pairs):
