@@ -214,9 +214,10 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
             plan.append(int(n * HEAD_SHARE) // FUSED * FUSED)
         else:
             plan.append(n if i % 2 == 0 else 0)
-    behind = [copy_behind(dst[cut:], src[cut:]) if cut < len(src) else None
-              for (dst, src), cut in zip(pairs, plan, strict=True)]
+    behind: list[futures.Future | None] = []
     try:
+        for (dst, src), cut in zip(pairs, plan, strict=True):
+            behind.append(copy_behind(dst[cut:], src[cut:]) if cut < len(src) else None)
         sums = []
         for (dst, src), cut, tail in zip(pairs, plan, behind, strict=True):
             h = xxhash.xxh3_64()
@@ -497,7 +498,6 @@ def _cudart():
 
 
 def _address(view) -> tuple[int, int]:
-    import numpy as np
 
     arr = np.frombuffer(view, dtype=np.uint8)
     return arr.ctypes.data, arr.nbytes
