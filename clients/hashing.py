@@ -7,6 +7,8 @@ ms on a worker)."""
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent import futures
 
 import numpy as np
@@ -14,9 +16,25 @@ import numpy as np
 # Below this a chunk alone is copied and hashed by the caller: a hand-off costs ~30 us, and a 2 MiB
 # chunk split with the worker measured no faster (0.29-0.31 ms either way).
 PIECE = 4 << 20
-_worker = futures.ThreadPoolExecutor(1, thread_name_prefix="kvbucket-copy")
+_worker: futures.ThreadPoolExecutor | None = None
+_lock = threading.Lock()
 
 
 def copy_behind(dst: memoryview, src: memoryview) -> futures.Future:
     """dst[:] = src, on the worker (copies run in the order given)."""
+    global _worker
+    if _worker is None:
+        with _lock:
+            if _worker is None:
+                _worker = futures.ThreadPoolExecutor(1, thread_name_prefix="kvbucket-copy")
     return _worker.submit(np.copyto, np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8))
+
+
+def _after_fork_in_child() -> None:
+    # A forked process (vLLM forks its workers) inherits the executor but not its thread: work handed
+    # to it would never run. The child starts its own on first use.
+    global _worker, _lock
+    _worker, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

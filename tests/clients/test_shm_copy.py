@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mmap
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -60,3 +62,15 @@ def test_a_destination_that_cannot_be_written_raises_and_the_next_call_is_whole(
     with pytest.raises((TypeError, ValueError), match="read-only"):
         copy_hash([*pairs[:-1], (memoryview(bytes(len(dst))), src)])
     assert copy_hash(pairs) == [checksum(s) for _, s in pairs]
+
+
+def test_a_forked_child_copies_with_its_own_worker():
+    # vLLM forks its worker processes: one that inherited a started worker must not wait on it forever.
+    copy_hash(_pairs([FUSED, FUSED], 4))  # this process's worker is running now
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # a hang ends the child by SIGALRM instead
+        pairs = _pairs([FUSED, FUSED, 2 * PIECE + 1], 5)
+        os._exit(0 if copy_hash(pairs) == [checksum(s) for _, s in pairs] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status:#x}"
