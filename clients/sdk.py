@@ -444,6 +444,13 @@ class Client(AdminMixin, _Base):
                                                      **opts))
         return stored
 
+    def transport(self) -> str:
+        """How raw chunks move between this client and its daemon: "shm" (the shared-memory arena),
+        "fast wire" or "grpc" -- asked of the daemon (attaching, if this client may) on first use."""
+        if self.codec is Codec.NONE and self._plane() is not None:
+            return "shm"
+        return "fast wire" if self._fast() is not None else "grpc"
+
     def shm_region(self) -> memoryview | None:
         """The mapped shared-memory arena (to `clients.shm.register_with_cuda`), or None over gRPC."""
         plane = self._plane()

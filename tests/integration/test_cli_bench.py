@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from daemon import run_cli
+from daemon import run_cli, start_daemon
 
 
 def _ram_entries(url: str) -> int:
@@ -25,13 +25,14 @@ def test_bench_json_reports_and_cleans_up(daemon, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["namespace"] == "bench" and report["count"] == 6 and report["chunk_bytes"] == 256 << 10
+    assert report["transport"] == "fast wire" and report["first_call_ms"] > 0  # a TCP URL: no arena here
     for op in ("put", "get"):
         assert report[op]["ops"] == 6
         assert {"gbps", "p50_ms", "p99_ms", "seconds"} <= report[op].keys()
         assert report[op]["gbps"] > 0 and report[op]["p99_ms"] >= report[op]["p50_ms"] > 0
     assert report["lookup"]["keys"] == 6 and report["lookup"]["calls"] == 20
     assert report["lookup"]["p99_ms"] >= report["lookup"]["p50_ms"] > 0
-    assert report["deleted"] == 6
+    assert report["deleted"] == 7  # and the untimed first chunk
 
     # Nothing of the bench is left; the real entry is untouched.
     ls = run_cli("ls", "--url", daemon.url, "--namespace", "bench", "--json")
@@ -48,7 +49,7 @@ def test_bench_table_in_its_own_namespace(daemon):
                 "--namespace", "bench-ci")
     assert r.returncode == 0, r.stderr
     assert "put" in r.stdout and "lookup 3 keys" in r.stdout
-    assert "cleaned up: 3 of 3 keys deleted" in r.stdout
+    assert "cleaned up: 4 of 4 keys deleted" in r.stdout and "first put + get" in r.stdout
     assert _ram_entries(daemon.url) == 0
 
 
@@ -57,3 +58,18 @@ def test_bench_reports_an_unreachable_daemon():
                 timeout=90)
     assert r.returncode == 2
     assert "error" in r.stderr
+
+
+def test_bench_over_a_unix_socket_uses_shared_memory_and_times_it_apart_from_attaching(tmp_path):
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "64MiB",
+                     "--ram-capacity", "64MiB")
+    try:
+        r = run_cli("bench", "--url", d.info["unix_url"], "--chunk-mib", "1", "--count", "4", "--lookups", "5",
+                    "--json")
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+        assert report["transport"] == "shm"
+        assert report["put"]["ops"] == report["get"]["ops"] == 4 and report["deleted"] == 5
+        assert _ram_entries(d.url) == 0
+    finally:
+        d.stop()

@@ -79,6 +79,7 @@ def test_sdk_round_trips_over_the_fast_wire(daemon):
     with Client(daemon.url, model="m", layout=LAYOUT) as c:
         assert c.put_many([(b"f%d" % i, d) for i, d in enumerate(data)]) == [True] * 3
         assert c._fast() is not None and c._fast().address == ("127.0.0.1", daemon.info["fast_port"])
+        assert c.transport() == "fast wire"
         got = c.get_many([b"f0", b"missing", b"f2"])
         assert bytes(got[0]) == data[0] and got[1] is None and bytes(got[2]) == data[2]
         out = bytearray(CHUNK)
@@ -91,6 +92,8 @@ def test_sdk_round_trips_over_the_fast_wire(daemon):
         assert bytes(c.get(b"f0")) == data[0]  # a fresh connection after the one dropped above
     # Counted like their gRPC twins; Hello is the only other call.
     assert requests(daemon, "put") == 3 and requests(daemon, "hello") == 1
+    with Client(daemon.url, model="m", layout=LAYOUT, fast=False) as c:
+        assert c.transport() == "grpc"
     assert "unexpected error" not in daemon.log()
 
 
