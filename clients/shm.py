@@ -5,11 +5,11 @@ ShmAttach names the arena file; it is opened read-write and mapped, and the nonc
 match (proof that this is the daemon's arena, not a file of the same name on another host). When any
 of that fails the client uses gRPC streaming for good and logs it once.
 
-Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_at` (copy in,
-announcing each piece copied over the fast wire, so the daemon hashes it meanwhile) -> ShmPut, which
-stores them with the daemon's checksums and refills the pool. When the pool has no slots of the sizes
-needed, one ShmPut stocks it first; when the daemon grants none, the two-step ShmReserve -> write ->
-ShmCommit is used, and chunks it marks `fallback` go through Put.
+Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_hashed` (copy
+in, hashing each slot's bytes as they land: `copy_hash`) -> ShmPut with those checksums
+(hashed_in_slot), which stores the slots without reading them again and refills the pool. When the
+pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
+two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
 Get, no round trip: the chunks the daemon's catalog (core/catalog.py) lists are copied straight out of
 their slots and verified (`ShmPlane.read_listed`), and the daemon is told afterwards (ShmHits, one-way
 over the fast wire; without it, a ShmHits call nobody waits for). The rest, one round trip: ShmGet ->
@@ -45,9 +45,6 @@ from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
 log = logging.getLogger(__name__)
-# A put announces each ANNOUNCE bytes it has copied (ShmWritten): the daemon hashes them while the next
-# are copied. Measured here, 32 MiB: 1-2 MiB pieces ~6 ms, 8 MiB ~9 ms (as hashing it all at commit).
-ANNOUNCE = 2 << 20
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
 HEAD_SHARE = 0.4  # of a chunk over PIECE, what a get copies and hashes itself (the worker copies the rest)
@@ -134,19 +131,10 @@ class ShmPlane:
             if not slot.fallback:
                 self.view[slot.offset : slot.offset + len(raw)] = raw
 
-    def write_at(self, offsets: list[int], raws: list[memoryview], announce=None) -> None:
-        """Copy each raw chunk to its offset (a pool slot of exactly its length). `announce(offset,
-        written)` is called each time ANNOUNCE more bytes of a chunk are in place, and when a chunk
-        followed by others is complete (the daemon hashes it while the next is copied)."""
-        for i, (off, raw) in enumerate(zip(offsets, raws, strict=True)):
-            dst = self.view[off : off + len(raw)]
-            if announce is None or (len(raw) <= ANNOUNCE and i == len(raws) - 1):
-                dst[:] = raw
-                continue
-            for start in range(0, len(raw), ANNOUNCE):
-                end = min(start + ANNOUNCE, len(raw))
-                dst[start:end] = raw[start:end]
-                announce(off, end)
+    def write_hashed(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
+        """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of each slot
+        as written (`copy_hash`: hashed from cache right after the copy, part copied by a worker)."""
+        return copy_hash([(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)])
 
     def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
         """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
@@ -338,12 +326,15 @@ def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_slidi
     return chunks, raws
 
 
-def put_request(att: Attachment, headers: list[pb.ChunkHeader], offsets: list[int],
-                raws: list[memoryview]) -> pb.ShmPutRequest:
-    """The ShmPut that stores chunks written into these pool slots, with the daemon's checksums (it
-    reads every byte once anyway), and asks for as many slots of the same sizes again."""
+def put_request(att: Attachment, headers: list[pb.ChunkHeader], offsets: list[int], raws: list[memoryview],
+                sums: list[int]) -> pb.ShmPutRequest:
+    """The ShmPut that stores chunks written into these pool slots with `sums`, the checksums this
+    client took of the slots as it wrote them (hashed_in_slot: the daemon does not read them again),
+    and asks for as many slots of the same sizes again."""
+    for h, c in zip(headers, sums, strict=True):
+        h.checksum = c
     return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
-                            release=att.releases(), daemon_checksums=True)
+                            release=att.releases(), hashed_in_slot=True)
 
 
 def commit_results(slots, commit: pb.ShmCommitResponse | None) -> tuple[list[bool | None], list[int]]:

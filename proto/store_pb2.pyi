@@ -322,20 +322,22 @@ class ShmReleaseRequest(_message.Message):
     def __init__(self, lease: _Optional[int] = ...) -> None: ...
 
 class ShmPutRequest(_message.Message):
-    __slots__ = ("pool", "chunks", "offsets", "refill", "release", "daemon_checksums")
+    __slots__ = ("pool", "chunks", "offsets", "refill", "release", "daemon_checksums", "hashed_in_slot")
     POOL_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     REFILL_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     DAEMON_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    HASHED_IN_SLOT_FIELD_NUMBER: _ClassVar[int]
     pool: int
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkHeader]
     offsets: _containers.RepeatedScalarFieldContainer[int]
     refill: _containers.RepeatedScalarFieldContainer[int]
     release: _containers.RepeatedScalarFieldContainer[int]
     daemon_checksums: bool
-    def __init__(self, pool: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., offsets: _Optional[_Iterable[int]] = ..., refill: _Optional[_Iterable[int]] = ..., release: _Optional[_Iterable[int]] = ..., daemon_checksums: bool = ...) -> None: ...
+    hashed_in_slot: bool
+    def __init__(self, pool: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[ChunkHeader, _Mapping]]] = ..., offsets: _Optional[_Iterable[int]] = ..., refill: _Optional[_Iterable[int]] = ..., release: _Optional[_Iterable[int]] = ..., daemon_checksums: bool = ..., hashed_in_slot: bool = ...) -> None: ...
 
 class ShmWritten(_message.Message):
     __slots__ = ("pool", "offset", "written")

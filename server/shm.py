@@ -17,11 +17,13 @@ the allocator only when nothing refers to it (server/arena.py), so a slot under 
 reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
 released expires after `lease_seconds` and drops its references.
 
-Checksums: a client either gives each chunk's xxh3 (verified: DATA_LOSS on a mismatch) or sets
-`daemon_checksums` and the daemon stores its own. Either way the daemon reads every byte once; over the
-fast wire the writer announces the pieces it has copied (ShmWritten, one-way) and a single worker
-thread hashes each while the next is copied, so a commit waits only for the last piece
-(`written`, `_digests`).
+Checksums: a client gives each chunk's xxh3 and the daemon verifies it (DATA_LOSS on a mismatch), or
+sets `daemon_checksums` and the daemon stores its own, or -- ShmPut's `hashed_in_slot`, what the SDK
+does -- gives the xxh3 it took of the slot as it wrote it, stored without the daemon reading the slot.
+The last two vouch for the same thing (what the slot holds at the put); a byte changed afterwards
+fails every reader's check. When the daemon reads, over the fast wire the writer may announce the
+pieces it has copied (ShmWritten, one-way) and a single worker thread hashes each while the next is
+copied, so a commit waits only for the last piece (`written`, `_digests`).
 
 The servicer reuses the data-plane validation of server/service.py and the store's read path, so
 scopes, auth, hits, misses and metrics behave as with Put/Get.
@@ -314,11 +316,16 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             for p in lease.pending:  # slots not stored go back now, not when a traceback is collected
                 p.view = None
 
-    async def _commit(self, pending: list[_Pending], checksums) -> pb.ShmCommitResponse:
+    async def _commit(self, pending: list[_Pending], checksums, read: bool = True) -> pb.ShmCommitResponse:
         """Store the written slots. `checksums`: what the client says each slot holds (any mismatch:
-        DATA_LOSS, nothing stored); None: the daemon's digests are stored."""
+        DATA_LOSS, nothing stored) -- or, with `read` False, stored as given, the slots not read
+        (hashed_in_slot); None: the daemon's digests are stored."""
         todo = [p for p in pending if p.view is not None]
-        sums = await self._digests(todo)
+        if not read:
+            sums = [c for p, c in zip(pending, checksums, strict=True) if p.view is not None]
+            checksums = None
+        else:
+            sums = await self._digests(todo)
         if checksums is not None:
             given = [c for p, c in zip(pending, checksums, strict=True) if p.view is not None]
             bad = next((p.key for p, want, got in zip(todo, given, sums, strict=True) if got != want), None)
@@ -483,8 +490,10 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 key, layout = self.data.check_header(caller, h)
                 pending.append(_Pending(key, layout, h, view, prog))
             views.clear()
+            if request.hashed_in_slot and request.daemon_checksums:
+                raise InvalidArgument("give hashed_in_slot checksums or set daemon_checksums, not both")
             given = None if request.daemon_checksums else [h.checksum for h in request.chunks]
-            return list((await self._commit(pending, given)).results)
+            return list((await self._commit(pending, given, read=not request.hashed_in_slot)).results)
         finally:  # slots not stored go back now, not when a traceback is collected
             views.clear()
             view = None  # noqa: F841 - the loop's last slot, held by this frame

@@ -704,21 +704,54 @@ def test_commit_with_daemon_checksums_and_its_bad_input(shm_daemon, raw):
         assert bytes(c.get(b"gpu")) == data
 
 
-def test_the_sdk_announces_the_pieces_of_a_large_chunk(tmp_path):
-    from kvbucket.clients.shm import ANNOUNCE
+def test_hashed_in_slot_is_stored_as_given_without_the_daemon_reading_the_slot(shm_daemon, raw):
+    from kvbucket.core.fastwire import Method
 
-    big = Layout("bfloat16", (4, 2, 256, 8, 128), tokens_per_chunk=256)  # 4 MiB: two announced pieces
+    data = chunk(86)
+    conn = fast_conn(shm_daemon)
+    for name, given in ((b"right", checksum(data)), (b"wrong", checksum(data) ^ 1)):
+        opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK]))
+        off = opened.slots[0].offset
+        raw.mm[off : off + CHUNK] = data
+        req = pb.ShmPutRequest(pool=opened.pool, chunks=[raw.header(name, checksum=given)], offsets=[off],
+                               hashed_in_slot=True)
+        # Stored either way: the daemon takes the writer's word for what the slot holds ...
+        assert conn.unary(Method.SHM_PUT, req, pb.ShmPutResponse, 10).results[0].stored
+    conn.close()
+    assert metric(shm_daemon, 'kvbucket_server_rejected_total{reason="checksum"}') == 0
+    # ... and every reader checks it: the wrong one is never served, by shared memory or the socket.
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert bytes(c.get(b"right")) == data
+        with pytest.raises(DataLoss):
+            c.get(b"wrong")
+    with Client(shm_daemon.url, model="m", layout=LAYOUT, shm=False) as tcp:
+        assert bytes(tcp.get(b"right")) == data
+        with pytest.raises(DataLoss):
+            tcp.get(b"wrong")
+    # Not with daemon_checksums.
+    opened = raw.stub.ShmPut(pb.ShmPutRequest(refill=[CHUNK]))
+    req = pb.ShmPutRequest(pool=opened.pool, chunks=[raw.header(b"both")], offsets=[opened.slots[0].offset],
+                           hashed_in_slot=True, daemon_checksums=True)
+    with pytest.raises(grpc.RpcError) as e:
+        raw.stub.ShmPut(req)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in e.value.details()
+
+
+def test_the_sdk_hashes_what_it_copies_and_the_daemon_does_not_read_it_again(tmp_path):
+    big = Layout("bfloat16", (4, 2, 256, 8, 128), tokens_per_chunk=256)  # 4 MiB: over PIECE, two threads copy
     d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "64MiB")
     try:
         data = np.random.default_rng(84).integers(0, 256, big.chunk_bytes, dtype=np.uint8).tobytes()
         with Client(unix_url(d), model="m", layout=big) as c:
             assert c.put(b"big", data) and bytes(c.get(b"big")) == data
-        assert announced(d, "hashed") == big.chunk_bytes // ANNOUNCE and announced(d, "ignored") == 0
         small = [chunk(85 + i) for i in range(3)]
-        with Client(unix_url(d), model="m", layout=LAYOUT) as c:  # a batch: each chunk but the last
+        with Client(unix_url(d), model="m", layout=LAYOUT) as c:  # a batch: the worker copies every other
             assert c.put_many([(b"s%d" % i, x) for i, x in enumerate(small)]) == [True] * 3
             assert [bytes(x) for x in c.get_many([b"s0", b"s1", b"s2"])] == small
-        assert announced(d, "hashed") == big.chunk_bytes // ANNOUNCE + 2 and announced(d, "ignored") == 0
+        with Client(d.url, model="m", layout=LAYOUT, shm=False) as tcp:  # the stored checksums, over the socket
+            assert [bytes(x) for x in tcp.get_many([b"s0", b"s1", b"s2"])] == small
+        assert announced(d, "hashed") == 0 and announced(d, "ignored") == 0  # nothing left for the daemon
         assert metric(d, 'kvbucket_server_requests_total{op="put"') == 0
+        assert metric(d, 'kvbucket_server_requests_total{op="shm_put"') >= 2
     finally:
         d.stop()
