@@ -162,10 +162,10 @@ class Limits:
 
     BLOCK = 4 << 20
 
-    def __init__(self, chunk: int, n: int) -> None:
+    def __init__(self, chunk: int, n: int = 0) -> None:
         self.dst = np.empty(chunk, dtype=np.uint8)
         self.dst[:] = 1  # warm
-        self.dsts = [np.ones(chunk, dtype=np.uint8) for _ in range(n)]  # faulted in, as get_into's buffers
+        self.dsts = [np.ones(chunk, dtype=np.uint8) for _ in range(n)]  # faulted in, as get_into's (n=0: none)
         srv = socket.create_server(("127.0.0.1", 0))
         self.cli = socket.create_connection(srv.getsockname())
         self.conn, _ = srv.accept()
