@@ -317,26 +317,25 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 p.view = None
 
     async def _commit(self, pending: list[_Pending], checksums, read: bool = True) -> pb.ShmCommitResponse:
-        """Store the written slots. `checksums`: what the client says each slot holds (any mismatch:
-        DATA_LOSS, nothing stored) -- or, with `read` False, stored as given, the slots not read
-        (hashed_in_slot); None: the daemon's digests are stored."""
+        """Store the written slots. `checksums`: what the client says each slot holds, verified against
+        the daemon's digests (any mismatch: DATA_LOSS, nothing stored), or stored as given with `read`
+        False (hashed_in_slot: the slots are not read); None: the daemon's digests are stored."""
         todo = [p for p in pending if p.view is not None]
-        if not read:
-            sums = [c for p, c in zip(pending, checksums, strict=True) if p.view is not None]
-            checksums = None
-        else:
-            sums = await self._digests(todo)
+        given = None
         if checksums is not None:
             given = [c for p, c in zip(pending, checksums, strict=True) if p.view is not None]
-            bad = next((p.key for p, want, got in zip(todo, given, sums, strict=True) if got != want), None)
+        if not read:
+            sums = given
         else:
-            bad = None
-        if bad is not None:
-            self.metrics.rejected.labels("checksum").inc()
-            raise DataLoss(
-                f"chunk {bad.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
-                "checksum given at commit; nothing of this lease was stored"
-            )
+            sums = await self._digests(todo)
+            pairs = zip(todo, given or (), sums)
+            bad = next((p.key for p, want, got in pairs if got != want), None)
+            if bad is not None:
+                self.metrics.rejected.labels("checksum").inc()
+                raise DataLoss(
+                    f"chunk {bad.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
+                    "checksum given at commit; nothing of this lease was stored"
+                )
         results = []
         for p, digest in zip(todo, sums, strict=True):
             n = len(p.view)
