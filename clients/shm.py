@@ -47,7 +47,7 @@ from kvbucket.proto import store_pb2 as pb
 log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
-HEAD_SHARE = 0.4  # of a chunk over PIECE, what a get copies and hashes itself (the worker copies the rest)
+HEAD_SHARE = 0.4  # of a chunk over PIECE, what copy_hash's caller copies and hashes (the worker copies the rest)
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
 
@@ -489,6 +489,5 @@ def _cudart():
 
 
 def _address(view) -> tuple[int, int]:
-
     arr = np.frombuffer(view, dtype=np.uint8)
     return arr.ctypes.data, arr.nbytes

@@ -11,7 +11,7 @@ get costs one round trip. Most gets cost none: entries held in slots are listed 
 reads afterwards. Entries promoted from NVMe or S3 are decoded into slots (`promotion_buffer`), so
 they are listed too. ShmPut is the one-round-trip put: the client holds a *pool* of spare
 slots (a lease of kind "pool", refilled by each ShmPut), writes a chunk into one, and ShmPut
-verifies and stores it and refills the pool (evicting by policy when the arena is full, as a reserve
+stores it (see Checksums) and refills the pool (evicting by policy when the arena is full, as a reserve
 does; a pool holds at most `pool_bytes`). A lease holds references to its slots; a slot goes back to
 the allocator only when nothing refers to it (server/arena.py), so a slot under a read lease is not
 reused even when its entry is evicted or deleted meanwhile. A lease that is neither committed nor
