@@ -11,7 +11,9 @@ One run, same payloads for every system:
   - the same daemon through its unix socket: `kvbucket unix-socket gRPC` (shm=False, fast=False) and
     `kvbucket shm` (the shared-memory arena, `--shm-size`): put (one ShmPut round trip through the
     client's slot pool), get into a buffer (one ShmGet round trip, copy out, verify), and get_views
-    (a verified read-only view, no copy); for 2 MiB chunks also 16 chunks per put_many / get_many.
+    (a verified read-only view, no copy), a stream (put_many of a generator: one ShmPut per chunk,
+    each sent before the previous reply is read); for 2 MiB chunks also 16 chunks per put_many /
+    get_many.
 
 Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
 Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
@@ -297,6 +299,28 @@ class KVSide:
                 m.item(t0, sum(p.nbytes for p in payloads[i : i + batch]))
         return m
 
+    def put_stream_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
+        """One put_many of a generator (one ShmPut per chunk, each sent before the last one's reply is
+        read); per-item latency is the time between the generator's yields (the last: until the call
+        returned)."""
+        hashes = kv_hashes(tag, len(payloads))
+        marks: list[float] = []
+
+        def items():
+            for h, p in zip(hashes, payloads):
+                marks.append(time.perf_counter())
+                yield h, p
+
+        with Meter(self.server) as m:
+            t0 = time.perf_counter()
+            if not all(self.kv.put_many(items())):
+                raise RuntimeError("kvbucket refused a put")
+            marks.append(time.perf_counter())
+            for a, b, p in zip([t0] + marks[1:-1], marks[1:], payloads):
+                m.lat.append(b - a)
+                m.bytes += p.nbytes
+        return m
+
     def get_many_into_pass(self, tag: str, payloads: list[np.ndarray], batch: int) -> Meter:
         hashes = kv_hashes(tag, len(payloads))
         with Meter(self.server) as m:
@@ -472,6 +496,7 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
             record(name, "GET into", side.get_into_pass(stag, payloads))
             if name == SHM:
                 record(name, "GET view", side.get_view_pass(stag, payloads))
+                record(name, "PUT stream", side.put_stream_pass(f"{stag}-s", payloads))
             if name == SHM and len(payloads) >= 64:  # small chunks: the per-call cost, amortized
                 record(name, f"PUT x{BATCH}", side.put_many_pass(f"{stag}-b", payloads, BATCH))
                 record(name, f"GET into x{BATCH}", side.get_many_into_pass(f"{stag}-b", payloads, BATCH))
@@ -484,6 +509,7 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
         ("lmcache", "GET"): "into LMCache's allocator",
         (SHM, "GET view"): "get_views: read-only view of the arena, xxh3-verified, no copy",
+        (SHM, "PUT stream"): "put_many(generator): ShmPuts pipelined; p50/p99 between chunks",
         (SHM, f"PUT x{BATCH}"): f"put_many of {BATCH}; p50/p99 per call",
         (SHM, f"GET into x{BATCH}"): f"get_many of {BATCH} into warm buffers; p50/p99 per call",
     }

@@ -55,6 +55,7 @@ class Conn:
             raise Unreachable(f"cannot connect to {address}: {exc}") from None
         self.sock.settimeout(timeout)
         self._head = bytearray(HEAD.size)
+        self.unread = 0  # calls `start`ed whose replies `finish` has not read yet
         self._send(frame(Method.HELLO, (token or "").encode()))
         self._reply()
 
@@ -104,6 +105,18 @@ class Conn:
     def unary(self, method: Method, request, reply_type, timeout: float):
         self.sock.settimeout(timeout)
         self._send(frame(method, request.SerializeToString()))
+        return reply_type.FromString(self._reply())
+
+    def start(self, method: Method, request, timeout: float) -> None:
+        """Send a call without waiting for its reply; `finish` reads the replies in the order sent (the
+        daemon answers a connection's calls one after another)."""
+        self.sock.settimeout(timeout)
+        self._send(frame(method, request.SerializeToString()))
+        self.unread += 1
+
+    def finish(self, reply_type):
+        """The reply to the oldest call `start`ed and not finished; a daemon's error is raised."""
+        self.unread -= 1  # read whole even when it is an error
         return reply_type.FromString(self._reply())
 
     def notify(self, method: Method, message) -> None:
@@ -191,12 +204,17 @@ class Dialer:
             c.close()
             raise
         except BaseException:
-            with self._lock:
-                self._idle.append(c)
+            self._give_back(c)
             raise
         else:
-            with self._lock:
-                self._idle.append(c)
+            self._give_back(c)
+
+    def _give_back(self, c: Conn) -> None:
+        if c.unread:  # replies still on their way would answer the next caller's calls
+            c.close()
+            return
+        with self._lock:
+            self._idle.append(c)
 
     def _forget(self, wait: float = REDIAL_SECONDS) -> None:
         """The daemon is not where we thought (restart, port gone): ask again in `wait` s, gRPC meanwhile."""

@@ -262,14 +262,75 @@ class Client(AdminMixin, _Base):
     def put_many(self, items: Iterable[PutItem], *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
                  pin: bool = False) -> list[bool]:
         """Store chunks in one call; each is atomic on its own. `ttl_seconds` (sliding: refreshed
-        on every hit) and `pin` apply to every chunk; without a TTL the namespace default applies."""
+        on every hit) and `pin` apply to every chunk; without a TTL the namespace default applies.
+        `items` may be a generator that reuses one buffer: each item is read before the next is asked
+        for. Through shared memory a list goes in one ShmPut; a generator's chunks stream, one ShmPut
+        each, pipelined (`_put_stream`)."""
         opts = dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         plane = self._plane() if self.codec is Codec.NONE else None
         if plane is None:
             return self._put_grpc(self._items(items), **opts)
+        if not isinstance(items, (list, tuple)) and (d := self._fast()) is not None:
+            return self._put_stream(plane, d, self._items(items), **opts)
         stored: list[bool] = []
         for batch in self._shm_batches(items, self._items(items)):
             stored += self._put_shm(plane, batch, **opts)
+        return stored
+
+    def _put_stream(self, plane: shm.ShmPlane, d: fastwire.Dialer, items: Iterator, **opts) -> list[bool]:
+        """A lazy iterable's chunks, one ShmPut each, every one sent before the reply to the one before
+        it is read: the daemon stores a chunk while this thread copies the next one into its slot
+        (2 MiB chunks here: ~0.6 ms per chunk, ~0.9 ms waiting for each reply). The pool is stocked two
+        deep for that. An item is read once, as it is copied; so a chunk whose reply says its pool
+        expired is reported not stored (not sent again by Put), and a daemon's error ends the call
+        with the chunk after it sent and its reply unread (that connection is closed)."""
+        st = self._shm_state
+        stored: list[bool] = []
+        in_flight: tuple[int, float] | None = None  # (index in stored, sent at) of the unread ShmPut
+        unsent = None  # the item being sent, while it still may be read again
+
+        def settle(c: fastwire.Conn) -> None:
+            nonlocal in_flight
+            if in_flight is None:
+                return
+            (i, sent), in_flight = in_flight, None
+            try:
+                resp = c.finish(pb.ShmPutResponse)
+            except errors.FailedPrecondition:  # the pool expired on the daemon: nothing was stored
+                st.pool.reset()
+                stored[i] = False
+                return
+            st.pool.stock(resp, sent)
+            stored[i] = resp.results[0].stored
+
+        try:
+            with d.conn(self._token, self.timeout) as c:
+                for item in items:
+                    headers, raws = shm.chunk_headers(self.scope.proto(), [item], **opts)
+                    sizes = [len(raws[0])]
+                    if (offsets := st.pool.take(sizes)) is None and in_flight is not None:
+                        settle(c)  # its reply refills the pool
+                        offsets = st.pool.take(sizes)
+                    if offsets is None:
+                        plane = self._stock_pool(plane, sizes * 2)
+                        if plane is None:  # the arena went away: the rest by Put
+                            return stored + self._put_grpc(itertools.chain([item], items), **opts)
+                        offsets = st.pool.take(sizes)
+                    if offsets is None:  # no spare slots to be had: as a single put does
+                        stored += self._put_shm(plane, [item], **opts)
+                        continue
+                    req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws))
+                    unsent = item
+                    c.start(fastwire.Method.SHM_PUT, req, self.timeout)
+                    unsent, sent = None, time.monotonic()
+                    stored.append(False)
+                    settle(c)
+                    in_flight = (len(stored) - 1, sent)
+                settle(c)
+        except fastwire.Broken:  # a chunk in flight is reported not stored; the rest go by Put
+            st.pool.reset()
+            rest = items if unsent is None else itertools.chain([unsent], items)
+            return stored + self._put_grpc(rest, **opts)
         return stored
 
     def _put_shm(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:

@@ -15,11 +15,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from admin_helpers import cli
 from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, request_mix, requests, unix_target, unix_url
 
 from kvbucket import Client, Layout
+from kvbucket.clients import fastwire
 from kvbucket.clients.sdk import AsyncClient
-from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument
+from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 from kvbucket.proto import store_pb2_grpc
@@ -754,4 +756,67 @@ def test_the_sdk_hashes_what_it_copies_and_the_daemon_does_not_read_it_again(tmp
         assert metric(d, 'kvbucket_server_requests_total{op="put"') == 0
         assert metric(d, 'kvbucket_server_requests_total{op="shm_put"') >= 2
     finally:
+        d.stop()
+
+
+def test_a_lazy_stream_is_pipelined_and_each_item_read_once(shm_daemon, monkeypatch):
+    """put_many of a generator: chunk k+1 is copied and sent before chunk k's reply is read. The
+    generator refills one buffer per item (as LMCache's staging slot), so a chunk read after the
+    next was asked for would be stored with the wrong bytes."""
+    events = []
+    start, finish = fastwire.Conn.start, fastwire.Conn.finish
+    monkeypatch.setattr(fastwire.Conn, "start", lambda self, *a: (events.append("start"), start(self, *a))[1])
+    monkeypatch.setattr(fastwire.Conn, "finish", lambda self, *a: (events.append("finish"), finish(self, *a))[1])
+    buf = bytearray(CHUNK)
+
+    def items(n):
+        for i in range(n):
+            events.append(f"item {i}")
+            buf[:] = chunk(300 + i)
+            yield b"p%d" % i, buf
+
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put_many(items(6)) == [True] * 6
+        assert [bytes(x) for x in c.get_many([b"p%d" % i for i in range(6)])] == [chunk(300 + i) for i in range(6)]
+    got = events
+    assert got[:3] == ["item 0", "start", "item 1"]  # no reply awaited before the next item is copied
+    assert got[3:] == ["start", "finish", "item 2", "start", "finish", "item 3", "start", "finish",
+                       "item 4", "start", "finish", "item 5", "start", "finish", "finish"]
+    assert requests(shm_daemon, "shm_put") == 1 + 6, request_mix(shm_daemon)  # the pool stocked once, two deep
+
+
+def test_a_refused_chunk_ends_a_stream_and_its_connection_answers_nothing_else(shm_daemon):
+    """The chunk after a refused one was sent and its reply not read: that connection must not serve
+    the next call (it would read that reply as its own)."""
+    assert cli(shm_daemon, "quota", "default", str(3 * CHUNK))
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        with pytest.raises(ResourceExhausted, match="quota"):
+            c.put_many((b"q%d" % i, chunk(400 + i)) for i in range(6))
+        for _ in range(3):
+            assert c.lookup([b"q0", b"q1", b"q2", b"q9"]).hits == 3
+            assert c.exists([b"q0", b"q9"]) == [True, False]
+        assert bytes(c.get(b"q2")) == chunk(402)
+
+
+def test_a_stream_goes_on_by_put_when_the_daemon_restarts_mid_stream(tmp_path):
+    sock = tmp_path / "kv.sock"
+    args = ["--unix-socket", str(sock), "--shm-size", "32MiB"]
+    d = start_daemon(tmp_path / "d", *args)
+    c = Client(unix_url(d), model="m", layout=LAYOUT)
+
+    def items():
+        nonlocal d
+        for i in range(5):
+            if i == 3:  # chunk 2 is in flight: its reply is lost with the daemon
+                d.stop()
+                d = start_daemon(tmp_path / "d", *args)
+                assert c.ping(timeout=10)
+            yield b"w%d" % i, chunk(500 + i)
+
+    try:
+        assert c.put_many(items()) == [True, True, False, True, True]
+        assert [bytes(x) for x in c.get_many([b"w3", b"w4"])] == [chunk(503), chunk(504)]
+        assert metric(d, 'kvbucket_server_requests_total{op="put"') >= 1, request_mix(d)  # sent by Put
+    finally:
+        c.close()
         d.stop()
