@@ -655,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
             d.stop()
 
     systems = ["limit", FAST, GRPC, "lmcache", UNIX, SHM]
-    ops = ["memcpy", "memcpy, n bufs", "tcp loopback", "PUT", "GET", "GET into", "GET view", f"PUT x{BATCH}",
-           f"GET into x{BATCH}"]
+    ops = ["memcpy", "memcpy, n bufs", "tcp loopback", "PUT", "PUT stream", "GET", "GET into", "GET view",
+           f"PUT x{BATCH}", f"GET into x{BATCH}"]
     rows.sort(key=lambda r: (-r.chunk_mib, systems.index(r.system), ops.index(r.op)))
     ratios = compute_ratios(rows)
     print_report(rows, lookups, ratios)
