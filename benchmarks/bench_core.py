@@ -13,7 +13,8 @@ One run, same payloads for every system:
     client's slot pool), get into a buffer (one ShmGet round trip, copy out, verify), and get_views
     (a verified read-only view, no copy), a stream (put_many of a generator: one ShmPut per chunk,
     each sent before the previous reply is read); for 2 MiB chunks also 16 chunks per put_many /
-    get_many.
+    get_many. The fast wire's `PUT stream` is put_many of a generator there (pipelined PUTs): what
+    LMCache's PUT pass is too (it sends without waiting for a reply).
 
 Payloads are random bytes (incompressible, like the mantissa bytes of real bf16 KV) shaped like
 Llama-3-8B KV chunks: (32 layers, 2, 256 tokens, 8 kv heads, 128) bf16 = 32 MiB, and the same
@@ -483,6 +484,7 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         record("limit", "memcpy, n bufs", limits.memcpy_n_pass(payloads))
         record("limit", "tcp loopback", limits.tcp_pass(payloads))
         record(FAST, "PUT", kv.put_pass(tag, payloads))
+        record(FAST, "PUT stream", kv.put_stream_pass(f"{tag}-s", payloads))
         if lm is not None:
             record("lmcache", "PUT", lm.put_pass(tag))
         record(FAST, "GET", kv.get_pass(tag, len(payloads)))
@@ -509,6 +511,7 @@ def run_set(label: str, payloads: list[np.ndarray], shape: tuple[int, ...], kv_u
         ("lmcache", "PUT"): "per-chunk p50/p99 = client send; pass ends on EXIST",
         ("lmcache", "GET"): "into LMCache's allocator",
         (SHM, "GET view"): "get_views: read-only view of the arena, xxh3-verified, no copy",
+        (FAST, "PUT stream"): "put_many(generator): PUTs pipelined; p50/p99 between chunks",
         (SHM, "PUT stream"): "put_many(generator): ShmPuts pipelined; p50/p99 between chunks",
         (SHM, f"PUT x{BATCH}"): f"put_many of {BATCH}; p50/p99 per call",
         (SHM, f"GET into x{BATCH}"): f"get_many of {BATCH} into warm buffers; p50/p99 per call",
@@ -590,7 +593,7 @@ def compute_ratios(rows: list[Row]) -> dict[str, tuple[float, float]]:
     by = {(r.system, r.op, r.chunk_mib): r for r in rows}
     out = {}
     for (system, op, mib), r in by.items():
-        base = by.get(("lmcache", "GET" if op.startswith("GET") else op, mib))
+        base = by.get(("lmcache", "GET" if op.startswith("GET") else "PUT", mib))
         if system in (FAST, GRPC) and base:
             key = f"{system.removeprefix('kvbucket TCP ')}: {op} {mib:.0f} MiB"
             out[key] = (r.gbps / base.gbps, r.cpu_s_per_gb / base.cpu_s_per_gb)

@@ -116,18 +116,26 @@ class Conn:
 
     def finish(self, reply_type):
         """The reply to the oldest call `start`ed and not finished; a daemon's error is raised."""
-        self.unread -= 1  # read whole even when it is an error
-        return reply_type.FromString(self._reply())
+        try:
+            body = self._reply()
+        except Broken:
+            raise  # lost with the connection: still unread
+        except BaseException:
+            self.unread -= 1  # an error reply, read whole
+            raise
+        self.unread -= 1
+        return reply_type.FromString(body)
 
     def notify(self, method: Method, message) -> None:
         """A one-way message (SHM_WRITTEN): sent, never answered."""
         self._send(frame(method, message.SerializeToString()))
 
-    def put(self, header: pb.PutRequest, payload: memoryview, timeout: float) -> pb.ChunkResult:
+    def start_put(self, header: pb.PutRequest, payload: memoryview, timeout: float) -> None:
+        """Send a PUT, header and payload, without waiting for its reply (`finish(pb.PutResponse)`)."""
         self.sock.settimeout(timeout)
         self._send(frame(Method.PUT, header.SerializeToString()))
         self._send(payload)
-        return pb.PutResponse.FromString(self._reply()).results[0]
+        self.unread += 1
 
     def get(self, request: pb.GetRequest, out: list | None, timeout: float) -> list[memoryview | None]:
         self.sock.settimeout(timeout)

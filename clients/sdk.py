@@ -264,8 +264,9 @@ class Client(AdminMixin, _Base):
         """Store chunks in one call; each is atomic on its own. `ttl_seconds` (sliding: refreshed
         on every hit) and `pin` apply to every chunk; without a TTL the namespace default applies.
         `items` may be a generator that reuses one buffer: each item is read before the next is asked
-        for. Through shared memory a list goes in one ShmPut; a generator's chunks stream, one ShmPut
-        each, pipelined (`_put_stream`)."""
+        for. Through shared memory a list goes in one ShmPut and a generator's chunks stream, one
+        ShmPut each (`_put_stream`); over the fast wire every chunk is a PUT (`_put_grpc`). Streamed
+        or not, each request is sent before the reply to the one before it is read."""
         opts = dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         plane = self._plane() if self.codec is Codec.NONE else None
         if plane is None:
@@ -279,34 +280,37 @@ class Client(AdminMixin, _Base):
 
     def _put_stream(self, plane: shm.ShmPlane, d: fastwire.Dialer, items: Iterator, **opts) -> list[bool]:
         """A lazy iterable's chunks, one ShmPut each, every one sent before the reply to the one before
-        it is read: the daemon stores a chunk while this thread copies the next one into its slot
-        (2 MiB chunks here: ~0.6 ms per chunk, ~0.9 ms waiting for each reply). The pool is stocked two
-        deep for that. An item is read once, as it is copied; so a chunk whose reply says its pool
-        expired is reported not stored (not sent again by Put), and a daemon's error ends the call
-        with the chunk after it sent and its reply unread (that connection is closed)."""
+        it is read: the daemon stores a chunk while this thread copies the next one into its slot. The
+        pool is stocked two deep for that. An item is read once, as it is copied, and stays readable
+        only until the next is asked for: a chunk whose reply says its pool expired is reported not
+        stored, and if the connection breaks, the chunk before the latest (its reply lost with it) is
+        too, while the latest and the rest go by Put. A daemon's error ends the call, with the chunk
+        after the refused one sent and its reply unread (that connection is closed, not reused)."""
         st = self._shm_state
-        stored: list[bool] = []
-        in_flight: tuple[int, float] | None = None  # (index in stored, sent at) of the unread ShmPut
-        unsent = None  # the item being sent, while it still may be read again
+        stored: list[bool] = []  # outcomes, in item order
+        got = 0  # items taken from `items`
+        latest = None  # the last of them
+        in_flight: float | None = None  # when the ShmPut whose reply is unread was sent
 
         def settle(c: fastwire.Conn) -> None:
             nonlocal in_flight
             if in_flight is None:
                 return
-            (i, sent), in_flight = in_flight, None
             try:
                 resp = c.finish(pb.ShmPutResponse)
             except errors.FailedPrecondition:  # the pool expired on the daemon: nothing was stored
                 st.pool.reset()
-                stored[i] = False
-                return
-            st.pool.stock(resp, sent)
-            stored[i] = resp.results[0].stored
+                stored.append(False)
+            else:
+                st.pool.stock(resp, in_flight)
+                stored.append(resp.results[0].stored)
+            in_flight = None
 
         try:
             with d.conn(self._token, self.timeout) as c:
-                for item in items:
-                    headers, raws = shm.chunk_headers(self.scope.proto(), [item], **opts)
+                for latest in items:
+                    got += 1
+                    headers, raws = shm.chunk_headers(self.scope.proto(), [latest], **opts)
                     sizes = [len(raws[0])]
                     if (offsets := st.pool.take(sizes)) is None and in_flight is not None:
                         settle(c)  # its reply refills the pool
@@ -314,24 +318,30 @@ class Client(AdminMixin, _Base):
                     if offsets is None:
                         plane = self._stock_pool(plane, sizes * 2)
                         if plane is None:  # the arena went away: the rest by Put
-                            return stored + self._put_grpc(itertools.chain([item], items), **opts)
+                            return stored + self._put_grpc(itertools.chain([latest], items), **opts)
                         offsets = st.pool.take(sizes)
                     if offsets is None:  # no spare slots to be had: as a single put does
-                        stored += self._put_shm(plane, [item], **opts)
+                        stored += self._put_shm(plane, [latest], **opts)
                         continue
                     req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws))
-                    unsent = item
                     c.start(fastwire.Method.SHM_PUT, req, self.timeout)
-                    unsent, sent = None, time.monotonic()
-                    stored.append(False)
+                    sent = time.monotonic()
                     settle(c)
-                    in_flight = (len(stored) - 1, sent)
+                    in_flight = sent
                 settle(c)
-        except fastwire.Broken:  # a chunk in flight is reported not stored; the rest go by Put
+        except fastwire.Broken:
             st.pool.reset()
-            rest = items if unsent is None else itertools.chain([unsent], items)
-            return stored + self._put_grpc(rest, **opts)
+            return stored + self._after_break(got - len(stored), latest, items, **opts)
         return stored
+
+    def _after_break(self, unknown: int, latest, items: Iterator, **opts) -> list[bool]:
+        """Outcomes of the `unknown` items of a pipelined put whose connection broke, the last of them
+        `latest`, and of the items still to come: those before `latest` were read and sent, their
+        replies lost (not stored, as far as anyone can tell); `latest` is still readable, so it goes
+        by Put again with the rest."""
+        if unknown == 0:
+            return self._put_grpc(items, **opts)
+        return [False] * (unknown - 1) + self._put_grpc(itertools.chain([latest], items), **opts)
 
     def _put_shm(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:
         """One round trip: write into spare slots of the pool, ShmPut stores them and refills it."""
@@ -401,19 +411,29 @@ class Client(AdminMixin, _Base):
         return stored
 
     def _put_grpc(self, items: Iterable, **opts) -> list[bool]:
-        """Put over the fast wire when there is one, else (or from where it broke) a gRPC Put stream."""
+        """Put over the fast wire when there is one, else (or from where it broke) a gRPC Put stream.
+        On the fast wire each chunk is sent before the reply to the one before it is read, so the
+        daemon receives and stores one while this thread hashes and sends the next. Each item is read
+        once; when the connection breaks, outcomes are as `_after_break` gives them."""
         pairs = wire.put_items(self.scope.proto(), items, codec=self.codec, **opts)
         stored: list[bool] = []
         if (d := self._fast()) is not None:
-            for header, payload in pairs:
-                try:
-                    with d.conn(self._token, self.timeout) as c:
-                        stored.append(c.put(header, payload, self.timeout).stored)
-                except fastwire.Broken:  # the rest, this one included, by gRPC (each item is read once)
-                    pairs = itertools.chain([(header, payload)], pairs)
-                    break
-            else:
+            got, latest = 0, None
+            try:
+                with d.conn(self._token, self.timeout) as c:
+                    for latest in pairs:
+                        got += 1
+                        c.start_put(*latest, self.timeout)
+                        if c.unread > 1:
+                            stored.append(c.finish(pb.PutResponse).results[0].stored)
+                    while c.unread:
+                        stored.append(c.finish(pb.PutResponse).results[0].stored)
                 return stored
+            except fastwire.Broken:  # as in _after_break, on pairs already encoded
+                unknown = got - len(stored)
+                stored += [False] * max(0, unknown - 1)
+                if unknown:
+                    pairs = itertools.chain([latest], pairs)
         stream = wire.put_stream(pairs, frame=self.frame_bytes)
         return stored + [r.stored for r in self._call(self._put, stream).results]
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from admin_helpers import cli
 
 from kvbucket import Client, Layout
+from kvbucket.clients import fastwire
 from kvbucket.core import errors
 from kvbucket.core.fastwire import HEAD, Method, frame
 from kvbucket.core.record import checksum
@@ -228,3 +230,63 @@ def test_a_chunk_larger_than_the_socket_buffers_moves_whole_both_ways(daemon):
         assert c.get_into(b"big", out) and out == data.tobytes()
         assert c._fast() is not None  # no connection broke (that would have sent the call by gRPC)
     assert requests(daemon, "put") == 1 and requests(daemon, "get") == 2
+
+
+def test_puts_of_many_chunks_are_pipelined_and_each_item_read_once(daemon, monkeypatch):
+    """Chunk k+1 is sent before chunk k's reply is read; the generator refills one buffer per item."""
+    events = []
+    start, finish = fastwire.Conn.start_put, fastwire.Conn.finish
+    monkeypatch.setattr(fastwire.Conn, "start_put", lambda self, *a: (events.append("send"), start(self, *a))[1])
+    monkeypatch.setattr(fastwire.Conn, "finish", lambda self, *a: (events.append("reply"), finish(self, *a))[1])
+    buf = bytearray(CHUNK)
+
+    def items(n):
+        for i in range(n):
+            events.append(f"item {i}")
+            buf[:] = chunk(600 + i)
+            yield b"t%d" % i, buf
+
+    with Client(daemon.url, model="m", layout=LAYOUT) as c:
+        assert c.put_many(items(4)) == [True] * 4
+        assert events == ["item 0", "send", "item 1", "send", "reply", "item 2", "send", "reply",
+                          "item 3", "send", "reply", "reply"]
+        assert [bytes(x) for x in c.get_many([b"t%d" % i for i in range(4)])] == [chunk(600 + i) for i in range(4)]
+        events.clear()
+        assert c.put(b"one", chunk(7)) and events == ["send", "reply"]
+    assert requests(daemon, "put") == 5
+
+
+def test_a_refused_chunk_ends_pipelined_puts_and_its_connection_answers_nothing_else(daemon):
+    """The chunk after the refused one was sent and its reply not read: that connection must not serve
+    the next call (it would read that reply as its own)."""
+    assert cli(daemon, "quota", "default", str(3 * CHUNK))
+    with Client(daemon.url, model="m", layout=LAYOUT) as c:
+        with pytest.raises(errors.ResourceExhausted, match="quota"):
+            c.put_many((b"g%d" % i, chunk(i)) for i in range(5))
+        for _ in range(3):
+            assert c.exists([b"g0", b"g1", b"g2", b"nope"]) == [True, True, True, False]
+            assert c.lookup([b"g0", b"g1", b"g2"]).hits == 3
+
+
+def test_pipelined_puts_go_on_by_grpc_when_the_daemon_restarts_midway(tmp_path):
+    sock = tmp_path / "kv.sock"
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(sock))
+    c = Client(d.info["unix_url"], model="m", layout=LAYOUT, shm=False)
+
+    def items():
+        nonlocal d
+        for i in range(5):
+            if i == 3:  # chunk 2's reply is unread: lost with the daemon
+                d.stop()
+                d = start_daemon(tmp_path / "d", "--unix-socket", str(sock))
+                assert c.ping(timeout=10)
+            yield b"w%d" % i, chunk(700 + i)
+
+    try:
+        assert c.transport() == "fast wire"
+        assert c.put_many(items()) == [True, True, False, True, True]
+        assert [bytes(x) for x in c.get_many([b"w3", b"w4"])] == [chunk(703), chunk(704)]
+        assert requests(d, "put") == 1  # one gRPC Put stream of the last two
+    finally:
+        c.close()
+        d.stop()
