@@ -281,7 +281,7 @@ class Client(AdminMixin, _Base):
     def _put_stream(self, plane: shm.ShmPlane, d: fastwire.Dialer, items: Iterator, **opts) -> list[bool]:
         """A lazy iterable's chunks, one ShmPut each, every one sent before the reply to the one before
         it is read: the daemon stores a chunk while this thread copies the next one into its slot. The
-        pool is stocked two deep for that. An item is read once, as it is copied, and stays readable
+        pool is kept two deep for that (a put that leaves no spare asks for two back). An item is read once, as it is copied, and stays readable
         only until the next is asked for: a chunk whose reply says its pool expired is reported not
         stored, and if the connection breaks, the chunk before the latest (its reply lost with it) is
         too, while the latest and the rest go by Put. A daemon's error ends the call, with the chunk
@@ -324,6 +324,8 @@ class Client(AdminMixin, _Base):
                         stored += self._put_shm(plane, [latest], **opts)
                         continue
                     req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws))
+                    if not st.pool.spare(sizes[0]):  # keep one spare besides the slot in flight
+                        req.refill.append(sizes[0])
                     c.start(fastwire.Method.SHM_PUT, req, self.timeout)
                     sent = time.monotonic()
                     settle(c)

@@ -374,6 +374,11 @@ class SlotPool:
                 return None
             return [self._free[n].pop() for n in sizes]
 
+    def spare(self, n: int) -> int:
+        """How many spare slots of n bytes the pool holds."""
+        with self._lock:
+            return len(self._free.get(n, ()))
+
     def stock(self, resp: pb.ShmPutResponse, sent_at: float) -> int:
         """Add the slots a ShmPut granted (the pool's lease was renewed when it was sent); how many."""
         with self._lock:

@@ -26,13 +26,13 @@ def test_bench_json_reports_and_cleans_up(daemon, tmp_path):
     report = json.loads(r.stdout)
     assert report["namespace"] == "bench" and report["count"] == 6 and report["chunk_bytes"] == 256 << 10
     assert report["transport"] == "fast wire" and report["first_call_ms"] > 0  # a TCP URL: no arena here
-    for op in ("put", "get"):
+    for op in ("put", "get", "put_stream"):
         assert report[op]["ops"] == 6
         assert {"gbps", "p50_ms", "p99_ms", "seconds"} <= report[op].keys()
         assert report[op]["gbps"] > 0 and report[op]["p99_ms"] >= report[op]["p50_ms"] > 0
     assert report["lookup"]["keys"] == 6 and report["lookup"]["calls"] == 20
     assert report["lookup"]["p99_ms"] >= report["lookup"]["p50_ms"] > 0
-    assert report["deleted"] == 7  # and the untimed first chunk
+    assert report["deleted"] == 13  # six put one by one, six streamed, and the untimed first chunk
 
     # Nothing of the bench is left; the real entry is untouched.
     ls = run_cli("ls", "--url", daemon.url, "--namespace", "bench", "--json")
@@ -48,8 +48,8 @@ def test_bench_table_in_its_own_namespace(daemon):
     r = run_cli("bench", "--url", daemon.url, "--chunk-mib", "0.0625", "--count", "3", "--lookups", "5",
                 "--namespace", "bench-ci")
     assert r.returncode == 0, r.stderr
-    assert "put" in r.stdout and "lookup 3 keys" in r.stdout
-    assert "cleaned up: 4 of 4 keys deleted" in r.stdout and "first put + get" in r.stdout
+    assert "put" in r.stdout and "put stream" in r.stdout and "lookup 3 keys" in r.stdout
+    assert "cleaned up: 7 of 7 keys deleted" in r.stdout and "first put + get" in r.stdout
     assert _ram_entries(daemon.url) == 0
 
 
@@ -69,7 +69,8 @@ def test_bench_over_a_unix_socket_uses_shared_memory_and_times_it_apart_from_att
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert report["transport"] == "shm"
-        assert report["put"]["ops"] == report["get"]["ops"] == 4 and report["deleted"] == 5
+        assert report["put"]["ops"] == report["get"]["ops"] == report["put_stream"]["ops"] == 4
+        assert report["deleted"] == 9
         assert _ram_entries(d.url) == 0
     finally:
         d.stop()

@@ -769,11 +769,11 @@ def test_a_lazy_stream_is_pipelined_and_each_item_read_once(shm_daemon, monkeypa
     monkeypatch.setattr(fastwire.Conn, "finish", lambda self, *a: (events.append("finish"), finish(self, *a))[1])
     buf = bytearray(CHUNK)
 
-    def items(n):
+    def items(n, tag=b"p", base=300):
         for i in range(n):
             events.append(f"item {i}")
-            buf[:] = chunk(300 + i)
-            yield b"p%d" % i, buf
+            buf[:] = chunk(base + i)
+            yield tag + b"%d" % i, buf
 
     with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         assert c.put_many(items(6)) == [True] * 6
@@ -783,6 +783,16 @@ def test_a_lazy_stream_is_pipelined_and_each_item_read_once(shm_daemon, monkeypa
     assert got[3:] == ["start", "finish", "item 2", "start", "finish", "item 3", "start", "finish",
                        "item 4", "start", "finish", "item 5", "start", "finish", "finish"]
     assert requests(shm_daemon, "shm_put") == 1 + 6, request_mix(shm_daemon)  # the pool stocked once, two deep
+
+    # A pool left one deep by single puts: a put that leaves it empty asks for two back.
+    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+        assert c.put(b"single", chunk(299))
+        events.clear()
+        assert c.put_many(items(6, b"q", 310)) == [True] * 6
+        assert [bytes(x) for x in c.get_many([b"q%d" % i for i in range(6)])] == [chunk(310 + i) for i in range(6)]
+    k = events.index("item 2")
+    assert events[k:] == ["item 2", "start", "finish", "item 3", "start", "finish", "item 4", "start", "finish",
+                          "item 5", "start", "finish", "finish"], events
 
 
 def test_a_refused_chunk_ends_a_stream_and_its_connection_answers_nothing_else(shm_daemon):
