@@ -281,11 +281,12 @@ class Client(AdminMixin, _Base):
     def _put_stream(self, plane: shm.ShmPlane, d: fastwire.Dialer, items: Iterator, **opts) -> list[bool]:
         """A lazy iterable's chunks, one ShmPut each, every one sent before the reply to the one before
         it is read: the daemon stores a chunk while this thread copies the next one into its slot. The
-        pool is kept two deep for that (a put that leaves no spare asks for two back). An item is read once, as it is copied, and stays readable
-        only until the next is asked for: a chunk whose reply says its pool expired is reported not
-        stored, and if the connection breaks, the chunk before the latest (its reply lost with it) is
-        too, while the latest and the rest go by Put. A daemon's error ends the call, with the chunk
-        after the refused one sent and its reply unread (that connection is closed, not reused)."""
+        pool is kept two deep for that (a put that leaves no spare asks for two back). An item is read
+        once, as it is copied, and stays readable only until the next is asked for: a chunk whose
+        reply says its pool expired is reported not stored, and if the connection breaks, the chunk
+        before the latest (its reply lost with it) is too, while the latest and the rest go by Put. A
+        daemon's error ends the call, with the chunk after the refused one sent and its reply unread
+        (that connection is closed, not reused)."""
         st = self._shm_state
         stored: list[bool] = []  # outcomes, in item order
         got = 0  # items taken from `items`
