@@ -692,7 +692,8 @@ class AsyncClient(_Base):
 
     async def put_many(self, items: Iterable[PutItem], *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
                        pin: bool = False) -> list[bool]:
-        """As Client.put_many."""
+        """As Client.put_many, but a generator's chunks go one call after another (no fast wire
+        here to pipeline them on)."""
         opts = dict(ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
         plane = await self._plane() if self.codec is Codec.NONE else None
         if plane is None:
