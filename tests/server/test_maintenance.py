@@ -169,6 +169,15 @@ async def test_reset_drops_queued_copies(world):
     assert await hashes(world) == []
 
 
+async def test_drop_local_drops_queued_copies(world):
+    # a b put at t0, their NVMe copies still queued when another daemon's reset arrives
+    await world.put("a", "b", flush=False)
+    n = await drop_local(world.store, "ns", "m", T0 + 5)
+    await world.store.flush()
+    assert n >= 2  # from RAM, and from NVMe what was being written as the reset came
+    assert await hashes(world) == []
+
+
 async def test_drop_local_applies_another_daemons_reset(world):
     # put a b at t0; t+10 put c; a marker "reset ns/m at t0+5" -> a b go, c (created later) stays
     await world.put("a", "b")
