@@ -1,8 +1,9 @@
 """A bounded write-behind queue in front of a slower tier.
 
 Puts return as soon as the fast tier holds the chunk; a worker copies it to the slow tier. The
-queue is keyed, so a repeated put of one key is written once and a delete cancels a pending write
-(a deleted chunk is never resurrected by a late copy). When full, new items are dropped and
+queue is keyed, so a repeated put of one key is written once and a delete cancels a pending write;
+a copy being written when its key is cancelled is deleted from the tier once written (a deleted
+chunk is never resurrected by a late copy). When full, new items are dropped and
 counted: a slow or dead tier costs cache hits, never client latency.
 """
 
@@ -33,6 +34,8 @@ class WriteBehind:
         self._idle.set()
         self._task: asyncio.Task | None = None
         self._last_error_log = 0.0
+        self._writing: EntryKey | None = None  # the key being written now
+        self._revoked = False  # ... and cancelled meanwhile
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"write-behind-{self.tier.name}")
@@ -51,11 +54,15 @@ class WriteBehind:
 
     def cancel(self, key: EntryKey) -> None:
         self._pending.pop(key, None)
+        if key == self._writing:
+            self._revoked = True
 
     def cancel_prefix(self, prefix: bytes) -> int:
         doomed = [k for k in self._pending if k.to_bytes().startswith(prefix)]
         for k in doomed:
             del self._pending[k]
+        if self._writing is not None and self._writing.to_bytes().startswith(prefix):
+            self._revoked = True
         return len(doomed)
 
     def __contains__(self, key: EntryKey) -> bool:
@@ -89,14 +96,19 @@ class WriteBehind:
                 continue
             key, (record, meta) = self._pending.popitem(last=False)
             self._metrics.queue_depth.labels(self.tier.name).set(len(self._pending))
+            self._writing, self._revoked = key, False
             try:
                 evicted = await self.tier.put(key, record, meta)
+                self._writing = None
+                if self._revoked:  # deleted (or reset, or put anew) while written: this copy must not stay
+                    await self.tier.delete(key)
                 self._metrics.demotions.labels(self.tier.name).inc()
                 if evicted:
                     self._metrics.evictions.labels(self.tier.name).inc(len(evicted))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failing tier degrades to a dropped copy, never an error upstream
+                self._writing = None
                 self._metrics.queue_dropped.labels(self.tier.name).inc()
                 self._metrics.tier_errors.labels(self.tier.name, "put").inc()
                 now = time.monotonic()

@@ -3,6 +3,8 @@ over RAM + NVMe (and a real S3 endpoint, moto_server, for reset markers and drai
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kvbucket.core.errors import FailedPrecondition
@@ -167,6 +169,20 @@ async def test_reset_drops_queued_copies(world):
     await run(reset(world.store, "ns", "", world.now))
     await world.store.flush()
     assert await hashes(world) == []
+
+
+async def test_a_copy_being_written_when_its_scope_is_reset_does_not_stay(world):
+    # the NVMe copy of a is being written (not queued any more) when ns is reset
+    await world.put("a", flush=False)
+    wb = world.store._behind["nvme"]
+    for _ in range(10_000):
+        if wb._writing is not None:
+            break
+        await asyncio.sleep(0)
+    assert wb._writing is not None
+    await run(reset(world.store, "ns", "", world.now))
+    await world.store.flush()
+    assert world.held("a") == []
 
 
 async def test_drop_local_drops_queued_copies(world):
