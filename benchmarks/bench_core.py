@@ -301,9 +301,9 @@ class KVSide:
         return m
 
     def put_stream_pass(self, tag: str, payloads: list[np.ndarray]) -> Meter:
-        """One put_many of a generator (one ShmPut per chunk, each sent before the last one's reply is
-        read); per-item latency is the time between the generator's yields (the last: until the call
-        returned)."""
+        """One put_many of a generator (one ShmPut or fast-wire PUT per chunk, each sent before the last
+        one's reply is read); per-item latency is the time between the generator's yields (the last:
+        until the call returned)."""
         hashes = kv_hashes(tag, len(payloads))
         marks: list[float] = []
 

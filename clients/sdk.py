@@ -74,6 +74,16 @@ def _data_methods(channel):
     return put, get
 
 
+def _after_break(unknown: int, latest, rest: Iterator) -> tuple[list[bool], Iterator]:
+    """A pipelined put whose connection broke with `unknown` items taken and no outcome, the last of
+    them `latest`: the outcomes of those before it -- read and sent, their replies lost, so not stored
+    as far as anyone can tell -- and what to send again by gRPC: `latest` (still readable, as the
+    next item was not asked for) and the rest."""
+    if not unknown:
+        return [], rest
+    return [False] * (unknown - 1), itertools.chain([latest], rest)
+
+
 def _credentials(ep: Endpoint):
     ca = open(ep.ca_file, "rb").read() if ep.ca_file else None
     return grpc.ssl_channel_credentials(root_certificates=ca)
@@ -334,17 +344,9 @@ class Client(AdminMixin, _Base):
                 settle(c)
         except fastwire.Broken:
             st.pool.reset()
-            return stored + self._after_break(got - len(stored), latest, items, **opts)
+            lost, rest = _after_break(got - len(stored), latest, items)
+            return stored + lost + self._put_grpc(rest, **opts)
         return stored
-
-    def _after_break(self, unknown: int, latest, items: Iterator, **opts) -> list[bool]:
-        """Outcomes of the `unknown` items of a pipelined put whose connection broke, the last of them
-        `latest`, and of the items still to come: those before `latest` were read and sent, their
-        replies lost (not stored, as far as anyone can tell); `latest` is still readable, so it goes
-        by Put again with the rest."""
-        if unknown == 0:
-            return self._put_grpc(items, **opts)
-        return [False] * (unknown - 1) + self._put_grpc(itertools.chain([latest], items), **opts)
 
     def _put_shm(self, plane: shm.ShmPlane, items: list, **opts) -> list[bool]:
         """One round trip: write into spare slots of the pool, ShmPut stores them and refills it."""
@@ -432,11 +434,9 @@ class Client(AdminMixin, _Base):
                     while c.unread:
                         stored.append(c.finish(pb.PutResponse).results[0].stored)
                 return stored
-            except fastwire.Broken:  # as in _after_break, on pairs already encoded
-                unknown = got - len(stored)
-                stored += [False] * max(0, unknown - 1)
-                if unknown:
-                    pairs = itertools.chain([latest], pairs)
+            except fastwire.Broken:
+                lost, pairs = _after_break(got - len(stored), latest, pairs)
+                stored += lost
         stream = wire.put_stream(pairs, frame=self.frame_bytes)
         return stored + [r.stored for r in self._call(self._put, stream).results]
 

@@ -21,7 +21,6 @@ from kvbucket.server.store import TieredStore
 log = logging.getLogger(__name__)
 _PROGRESS_EVERY = 64
 _DRAIN_CONCURRENCY = 8
-LATE_WRITES_SECONDS = 10.0  # drop_local waits this long at most for write-behind copies in flight
 
 
 @dataclass(slots=True)
@@ -123,11 +122,12 @@ async def reset(store: TieredStore, namespace: str, model: str, now: float) -> A
 
 def drop_local(store: TieredStore, namespace: str, model: str, before: float) -> asyncio.Task:
     """Apply another daemon's reset: delete local (non-S3) copies of a scope created before `before`.
-    As `reset` does, queued write-behind copies of the scope are cancelled first, and a last pass,
-    once the copies being written meanwhile have landed, removes those (a chunk promoted from S3 just
-    before the reset is written behind to NVMe)."""
+    As `reset` does, write-behind copies of the scope are cancelled first (a chunk promoted from S3
+    just before the reset is on its way to NVMe; one being written is deleted once it lands)."""
 
-    async def drop(prefix: bytes) -> int:
+    async def run() -> int:
+        prefix = scope_prefix(namespace, model) if namespace else b""
+        store.cancel_pending(prefix)
         n = 0
         for tier in store.tiers:
             if tier.name == "s3":
@@ -135,14 +135,6 @@ def drop_local(store: TieredStore, namespace: str, model: str, before: float) ->
             for meta in [m async for m in tier.scan(prefix)]:
                 if meta.created < before:
                     n += await tier.delete(meta.key)
-        return n
-
-    async def run() -> int:
-        prefix = scope_prefix(namespace, model) if namespace else b""
-        store.cancel_pending(prefix)
-        n = await drop(prefix)
-        await store.flush(timeout=LATE_WRITES_SECONDS)
-        n += await drop(prefix)
         if n:
             log.info("reset marker %s/%s: dropped %d local copies", namespace or "*", model or "*", n)
         return n

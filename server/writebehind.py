@@ -99,7 +99,6 @@ class WriteBehind:
             self._writing, self._revoked = key, False
             try:
                 evicted = await self.tier.put(key, record, meta)
-                self._writing = None
                 if self._revoked:  # deleted (or reset, or put anew) while written: this copy must not stay
                     await self.tier.delete(key)
                 self._metrics.demotions.labels(self.tier.name).inc()
@@ -108,7 +107,6 @@ class WriteBehind:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failing tier degrades to a dropped copy, never an error upstream
-                self._writing = None
                 self._metrics.queue_dropped.labels(self.tier.name).inc()
                 self._metrics.tier_errors.labels(self.tier.name, "put").inc()
                 now = time.monotonic()
@@ -116,3 +114,5 @@ class WriteBehind:
                     self._last_error_log = now
                     log.warning("write to tier %s failed, dropping queued copies meanwhile: %s", self.tier.name, exc)
                 await asyncio.sleep(self._retry)  # back off while the tier is down
+            finally:
+                self._writing = None
