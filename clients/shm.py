@@ -131,6 +131,17 @@ class ShmPlane:
             if not slot.fallback:
                 self.view[slot.offset : slot.offset + len(raw)] = raw
 
+    def write_streamed(self, offset: int, raw: memoryview) -> int | None:
+        """Copy one chunk of a stream of puts to its offset (a pool slot of its length). Up to PIECE it is
+        only copied, and None returned: the daemon hashes the slot (from cache) while this thread copies
+        the next chunk -- 2 MiB streams measured 2-15% faster per chunk than hashing here. A larger one
+        is hashed as it lands (`write_hashed`), its checksum returned: hashing 32 MiB from memory on
+        the daemon contended with the copy of the next (20-30% slower)."""
+        if len(raw) > PIECE:
+            return self.write_hashed([offset], [raw])[0]
+        self.view[offset : offset + len(raw)] = raw
+        return None
+
     def write_hashed(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
         """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of each slot
         as written (`copy_hash`: hashed from cache right after the copy, part copied by a worker)."""
@@ -327,10 +338,14 @@ def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_slidi
 
 
 def put_request(att: Attachment, headers: list[pb.ChunkHeader], offsets: list[int], raws: list[memoryview],
-                sums: list[int]) -> pb.ShmPutRequest:
-    """The ShmPut that stores chunks written into these pool slots with `sums`, the checksums this
-    client took of the slots as it wrote them (hashed_in_slot: the daemon does not read them again),
-    and asks for as many slots of the same sizes again."""
+                sums: list[int] | None) -> pb.ShmPutRequest:
+    """The ShmPut that stores chunks written into these pool slots, and asks for as many slots of the
+    same sizes again. `sums`: the checksums this client took of the slots as it wrote them
+    (hashed_in_slot: the daemon does not read them again); None: the daemon hashes the slots
+    (daemon_checksums)."""
+    if sums is None:
+        return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
+                                release=att.releases(), daemon_checksums=True)
     for h, c in zip(headers, sums, strict=True):
         h.checksum = c
     return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
