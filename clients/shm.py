@@ -7,9 +7,7 @@ of that fails the client uses gRPC streaming for good and logs it once.
 
 Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_hashed` (copy
 in, hashing each slot's bytes as they land: `copy_hash`) -> ShmPut with those checksums
-(hashed_in_slot), which stores the slots without reading them again and refills the pool. A stream
-of puts (each ShmPut sent before the previous reply is read) leaves hashing chunks up to PIECE to the
-daemon (`ShmPlane.write_streamed`), which does it while the next chunk is copied. When the
+(hashed_in_slot), which stores the slots without reading them again and refills the pool. When the
 pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
 two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
 Get, no round trip: the chunks the daemon's catalog (core/catalog.py) lists are copied straight out of
@@ -132,17 +130,6 @@ class ShmPlane:
         for slot, raw in zip(slots, raws, strict=True):
             if not slot.fallback:
                 self.view[slot.offset : slot.offset + len(raw)] = raw
-
-    def write_streamed(self, offset: int, raw: memoryview) -> int | None:
-        """Copy one chunk of a stream of puts to its offset (a pool slot of its length). Up to PIECE it is
-        only copied, and None returned: the daemon hashes the slot (from cache) while this thread copies
-        the next chunk (2 MiB: faster in six of eight A/B pairs, 0.41-0.54 ms per chunk against
-        0.45-0.56). A larger one is hashed as it lands (`write_hashed`), its checksum returned: 32 MiB
-        hashed by the daemon, from memory while this thread copies the next, was 27-34% slower."""
-        if len(raw) > PIECE:
-            return self.write_hashed([offset], [raw])[0]
-        self.view[offset : offset + len(raw)] = raw
-        return None
 
     def write_hashed(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
         """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of each slot
@@ -340,14 +327,10 @@ def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_slidi
 
 
 def put_request(att: Attachment, headers: list[pb.ChunkHeader], offsets: list[int], raws: list[memoryview],
-                sums: list[int] | None) -> pb.ShmPutRequest:
-    """The ShmPut that stores chunks written into these pool slots, and asks for as many slots of the
-    same sizes again. `sums`: the checksums this client took of the slots as it wrote them
-    (hashed_in_slot: the daemon does not read them again); None: the daemon hashes the slots
-    (daemon_checksums)."""
-    if sums is None:
-        return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
-                                release=att.releases(), daemon_checksums=True)
+                sums: list[int]) -> pb.ShmPutRequest:
+    """The ShmPut that stores chunks written into these pool slots with `sums`, the checksums this
+    client took of the slots as it wrote them (hashed_in_slot: the daemon does not read them again),
+    and asks for as many slots of the same sizes again."""
     for h, c in zip(headers, sums, strict=True):
         h.checksum = c
     return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],

@@ -20,7 +20,6 @@ from shm_helpers import CHUNK, CLOCK, LAYOUT, chunk, metric, request_mix, reques
 
 from kvbucket import Client, Layout
 from kvbucket.clients import fastwire
-from kvbucket.clients.hashing import PIECE
 from kvbucket.clients.sdk import AsyncClient
 from kvbucket.core.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from kvbucket.core.record import checksum
@@ -794,33 +793,6 @@ def test_a_lazy_stream_is_pipelined_and_each_item_read_once(shm_daemon, monkeypa
     k = events.index("item 2")
     assert events[k:] == ["item 2", "start", "finish", "item 3", "start", "finish", "item 4", "start", "finish",
                           "item 5", "start", "finish", "finish"], events
-
-
-def test_a_stream_leaves_hashing_small_chunks_to_the_daemon_and_hashes_large_ones_itself(tmp_path, monkeypatch):
-    """In a stream the daemon hashes a chunk up to PIECE while the SDK copies the next; a larger one
-    the SDK hashes as it copies. Either way the stored checksum is the bytes: a reader over the socket
-    (which verifies every byte against it) gets them back."""
-    big = Layout("bfloat16", (4, 2, 256, 8, 128), tokens_per_chunk=256)  # 4 MiB: PIECE itself
-    huge = Layout("bfloat16", (5, 2, 256, 8, 128), tokens_per_chunk=256)  # 5 MiB: over PIECE
-    assert big.chunk_bytes == PIECE < huge.chunk_bytes
-    sent = []
-    start = fastwire.Conn.start
-    monkeypatch.setattr(fastwire.Conn, "start", lambda self, m, req, *a: (sent.append(req), start(self, m, req, *a))[1])
-    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "256MiB")
-    try:
-        rng = np.random.default_rng(86)
-        for layout in (LAYOUT, big, huge):
-            data = [rng.integers(0, 256, layout.chunk_bytes, dtype=np.uint8).tobytes() for _ in range(3)]
-            keys = [b"%d-%d" % (layout.chunk_bytes, i) for i in range(3)]
-            sent.clear()
-            with Client(unix_url(d), model="m", layout=layout) as c:
-                assert c.put_many(x for x in zip(keys, data)) == [True] * 3
-            small = layout.chunk_bytes <= PIECE
-            assert [(r.daemon_checksums, r.hashed_in_slot) for r in sent] == [(small, not small)] * 3
-            with Client(d.url, model="m", layout=layout, shm=False) as tcp:
-                assert [bytes(x) for x in tcp.get_many(keys)] == data
-    finally:
-        d.stop()
 
 
 def test_a_refused_chunk_ends_a_stream_and_its_connection_answers_nothing_else(shm_daemon):
