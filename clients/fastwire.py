@@ -10,9 +10,11 @@ address is asked for again after `REDIAL_SECONDS`. Errors the daemon answers are
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 
 import grpc
@@ -173,6 +175,7 @@ class Dialer:
         self._next_ask = 0.0  # monotonic time after which Hello may be asked (again)
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
+        _dialers.add(self)
 
     def due(self) -> bool:
         """Whether to ask the daemon (Hello) for its address now."""
@@ -241,3 +244,16 @@ class Dialer:
             idle, self._idle = self._idle, []
         for c in idle:
             c.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: the idle connections are the parent's too -- a call sent on one here
+        would interleave with the parent's, each reading the other's replies. This process's copies
+        of their descriptors are closed (the parent's sockets stay open), and it dials its own."""
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
+_dialers: weakref.WeakSet[Dialer] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [d.after_fork() for d in list(_dialers)])

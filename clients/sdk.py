@@ -19,6 +19,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,6 +52,14 @@ _NO_SHM = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.PERMISSION_DENIED)
 _ATTACH_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
+
+
+def _after_fork_in_child() -> None:
+    global _ATTACH_LOCK
+    _ATTACH_LOCK = threading.Lock()  # a parent thread may have held it at the fork (see "fork" in README)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, slots=True)

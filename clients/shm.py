@@ -31,6 +31,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from concurrent import futures
 
 import numpy as np
@@ -237,6 +238,7 @@ class Views:
     def __init__(self, views: list, on_close=None) -> None:
         self._views = views
         self._on_close = on_close
+        self._pid = os.getpid()  # a forked child closing them must not release the parent's lease
 
     def __getitem__(self, i: int) -> memoryview | None:
         return self._views[i]
@@ -255,9 +257,9 @@ class Views:
                     mv.release()
                 except BufferError:  # something made from the view (a tensor) is still alive
                     pass
-        if self._on_close is not None:
+        if self._on_close is not None and os.getpid() == self._pid:
             self._on_close()
-            self._on_close = None
+        self._on_close = None
 
     def __enter__(self) -> Views:
         return self
@@ -285,6 +287,7 @@ class Reservation:
         self._commit = commit
         self._abort = abort
         self.done = False
+        self._pid = os.getpid()
 
     def commit(self) -> list[bool]:
         if self.done:
@@ -295,7 +298,8 @@ class Reservation:
     def abort(self) -> None:
         if not self.done:
             self.done = True
-            self._abort(self)
+            if os.getpid() == self._pid:  # a forked child must not free slots the parent writes into
+                self._abort(self)
 
     def __enter__(self) -> Reservation:
         return self
@@ -402,6 +406,12 @@ class SlotPool:
         self.id = 0
         self._free.clear()
 
+    def after_fork(self) -> None:
+        """In a forked child: the spare slots are the parent's, which writes into them too. Forgotten
+        here (not released: the parent's pool lives on); the child asks for a pool of its own."""
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._forget()
+
 
 class Attachment:
     """Attach-once state shared by a client and the clients `scoped()` derives from it: the mapped
@@ -413,6 +423,13 @@ class Attachment:
         self.tried = False
         self.pool = SlotPool(30.0)
         self._done: collections.deque[int] = collections.deque()  # append / popleft are atomic
+        _attachments.add(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the slot pool and the get leases done with are the parent's (releasing one
+        here would free a slot the parent may still read). The mapping is shared and stays."""
+        self.pool.after_fork()
+        self._done = collections.deque()
 
     def defer_release(self, lease: int) -> None:
         """Release a get lease with the next request instead of a call of its own."""
@@ -463,6 +480,10 @@ class Attachment:
         if self.plane is not None:
             self.plane.close()
             self.plane = None
+
+
+_attachments: weakref.WeakSet[Attachment] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [a.after_fork() for a in list(_attachments)])
 
 
 def register_with_cuda(view) -> bool:

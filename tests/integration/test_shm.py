@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import mmap
 import os
@@ -793,6 +794,68 @@ def test_a_lazy_stream_is_pipelined_and_each_item_read_once(shm_daemon, monkeypa
     k = events.index("item 2")
     assert events[k:] == ["item 2", "start", "finish", "item 3", "start", "finish", "item 4", "start", "finish",
                           "item 5", "start", "finish", "finish"], events
+
+
+FORKED = """
+import json, os, sys
+import numpy as np
+from kvbucket import Client, Layout
+
+LAYOUT = Layout("bfloat16", (2, 2, 32, 8, 128), tokens_per_chunk=32)  # 256 KiB: 32 fill the arena
+
+
+def data(tag, i):
+    return np.random.default_rng([tag, i]).integers(0, 256, LAYOUT.chunk_bytes, dtype=np.uint8).tobytes()
+
+
+def work(c, tag):
+    failed = []
+    for i in range(120):
+        key = b"%d-%d" % (tag, i)
+        try:
+            got = c.get(key) if c.put(key, data(tag, i)) else None
+            if got is None or bytes(got) != data(tag, i):
+                failed.append(i)
+        except Exception as exc:
+            failed.append(f"{i}: {exc!r}")
+    return failed
+
+
+c = Client(sys.argv[1], model="m", layout=LAYOUT)
+assert c.put(b"held", data(0, 0)) and c.transport() == "shm"
+views = c.get_views([b"held"])  # a read lease on its slot, held across the fork
+pid = os.fork()
+if pid == 0:
+    views.close()  # the child's copy: the lease is the parent's
+    failed = work(c, 2)
+    print(json.dumps({"child": failed}), flush=True)
+    os._exit(0)
+failed = work(c, 1)
+_, status = os.waitpid(pid, 0)
+held = bytes(views[0]) == data(0, 0)
+views.close()
+print(json.dumps({"parent": failed, "child_exit": os.waitstatus_to_exitcode(status), "held": held}))
+"""
+
+
+def test_a_client_inherited_across_fork_shares_no_slot_connection_or_lease_with_its_parent(tmp_path):
+    """Parent and forked child put and get through one inherited Client at once. The child must not
+    write into the parent's spare slots (the daemon refuses the second writer), reuse its idle fast-wire
+    connection (each would read the other's replies), or release the parent's read lease when it
+    closes its copy of the parent's views (the slot would be recycled under the parent's reader: the
+    arena holds 32 chunks, each side puts 120)."""
+    d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "8MiB",
+                     "--ram-policy", "lru")
+    try:
+        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "true"}  # gRPC's own condition for crossing a fork
+        out = subprocess.run([sys.executable, "-c", FORKED, unix_url(d)], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        result = {k: v for line in lines for k, v in line.items()}
+        assert result == {"child": [], "parent": [], "child_exit": 0, "held": True}, (result, out.stderr[-3000:])
+    finally:
+        d.stop()
 
 
 def test_a_refused_chunk_ends_a_stream_and_its_connection_answers_nothing_else(shm_daemon):
