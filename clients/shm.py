@@ -426,8 +426,9 @@ class Attachment:
         _attachments.add(self)
 
     def after_fork(self) -> None:
-        """In a forked child: the slot pool and the get leases done with are the parent's (releasing one
-        here would free a slot the parent may still read). The mapping is shared and stays."""
+        """In a forked child: the slot pool and the get leases waiting to be released are the parent's
+        (a lease the parent still reads under is guarded by `Views`, which release only in the process
+        that made them). The mapping is shared and stays."""
         self.pool.after_fork()
         self._done = collections.deque()
 
