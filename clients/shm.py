@@ -292,6 +292,10 @@ class Reservation:
     def commit(self) -> list[bool]:
         if self.done:
             raise errors.FailedPrecondition("this reservation was already committed or aborted")
+        if os.getpid() != self._pid:  # the maker may still be writing its slots: they would be stored half-written
+            raise errors.FailedPrecondition(
+                f"this reservation was made by process {self._pid}, before a fork; commit it there"
+            )
         self.done = True
         return self._commit(self)
 

@@ -824,17 +824,27 @@ def work(c, tag):
 c = Client(sys.argv[1], model="m", layout=LAYOUT)
 assert c.put(b"held", data(0, 0)) and c.transport() == "shm"
 views = c.get_views([b"held"])  # a read lease on its slot, held across the fork
+reservation = c.reserve([(b"reserved", LAYOUT.chunk_bytes)])  # slots the parent writes after the fork
 pid = os.fork()
 if pid == 0:
     views.close()  # the child's copy: the lease is the parent's
+    try:
+        reservation.commit()
+        refused = False
+    except Exception as exc:
+        refused = type(exc).__name__
+    reservation.abort()  # nothing in the child: the parent still writes into those slots
     failed = work(c, 2)
-    print(json.dumps({"child": failed}), flush=True)
+    print(json.dumps({"child": failed, "child_commit": refused}), flush=True)
     os._exit(0)
 failed = work(c, 1)
 _, status = os.waitpid(pid, 0)
+reservation.views[0][:] = data(3, 0)
+stored = reservation.commit() == [True] and bytes(c.get(b"reserved")) == data(3, 0)
 held = bytes(views[0]) == data(0, 0)
 views.close()
-print(json.dumps({"parent": failed, "child_exit": os.waitstatus_to_exitcode(status), "held": held}))
+print(json.dumps({"parent": failed, "child_exit": os.waitstatus_to_exitcode(status), "held": held,
+                  "reserved": stored}))
 """
 
 
@@ -843,7 +853,8 @@ def test_a_client_inherited_across_fork_shares_no_slot_connection_or_lease_with_
     write into the parent's spare slots (the daemon refuses the second writer), reuse its idle fast-wire
     connection (each would read the other's replies), or release the parent's read lease when it
     closes its copy of the parent's views (the slot would be recycled under the parent's reader: the
-    arena holds 32 chunks, each side puts 120)."""
+    arena holds 32 chunks, each side puts 120). Nor may it commit or abort the parent's reservation,
+    whose slots the parent writes after the fork."""
     d = start_daemon(tmp_path / "d", "--unix-socket", str(tmp_path / "kv.sock"), "--shm-size", "8MiB",
                      "--ram-policy", "lru")
     try:
@@ -853,7 +864,8 @@ def test_a_client_inherited_across_fork_shares_no_slot_connection_or_lease_with_
         assert out.returncode == 0, out.stderr[-3000:]
         lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
         result = {k: v for line in lines for k, v in line.items()}
-        assert result == {"child": [], "parent": [], "child_exit": 0, "held": True}, (result, out.stderr[-3000:])
+        assert result == {"child": [], "child_commit": "FailedPrecondition", "parent": [], "child_exit": 0,
+                          "held": True, "reserved": True}, (result, out.stderr[-3000:])
     finally:
         d.stop()
 
