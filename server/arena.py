@@ -192,7 +192,9 @@ class Arena:
         HEADER.pack_into(self._mm, 0, MAGIC, self.nonce)
         self.size = total
         self.extents = Extents(slots_at, total)
-        self._base = np.frombuffer(self._mm, dtype=np.uint8, count=1).__array_interface__["data"][0]
+        # id() of each live slot view -> its offset. A view's finalizer runs as it is freed, before
+        # its id can name another object, and drops it here.
+        self._slots: dict[int, int] = {}
 
     def slot(self, n: int) -> np.ndarray | None:
         """A writable view of n bytes of the arena, freed when its last reference goes; None if full."""
@@ -200,17 +202,21 @@ class Arena:
         if off is None:
             return None
         view = np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=off)
-        weakref.finalize(view, self.extents.release, off)
+        self._slots[id(view)] = off
+        weakref.finalize(view, self._freed, id(view), off)
         return view
+
+    def _freed(self, view_id: int, off: int) -> None:  # any thread, finalizer or GC pass
+        self._slots.pop(view_id, None)
+        self.extents.release(off)
 
     def offset_of(self, payload) -> int | None:
         """Where `payload` (a slot or a memoryview of one) starts in the arena; None if it is not a slot."""
         arr = payload.obj if type(payload) is memoryview else payload
-        if type(arr) is not np.ndarray or type(arr.base) is not memoryview or arr.base.obj is not self._mm:
-            return None  # np.frombuffer's base is a memoryview of the mapping
-        if type(payload) is memoryview and payload.nbytes != arr.nbytes:
+        off = self._slots.get(id(arr))
+        if off is not None and type(payload) is memoryview and payload.nbytes != arr.nbytes:
             return None  # a part of a slot: not a slot of its own
-        return arr.__array_interface__["data"][0] - self._base
+        return off
 
     def catalog(self) -> Catalog | None:
         """The catalog's daemon side over its region of the mapping (None when off)."""

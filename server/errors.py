@@ -102,8 +102,7 @@ class _Call:
             self.code = grpc.StatusCode.CANCELLED if _cancelled() else grpc.StatusCode.INTERNAL
 
     def done(self) -> None:
-        self.metrics.requests.labels(self.op, self.code.name).inc()
-        self.metrics.request_seconds.labels(self.op).observe(time.perf_counter() - self.start)
+        self.metrics.request_done(self.op, self.code.name, time.perf_counter() - self.start)
 
 
 def _cancelled() -> bool:

@@ -66,6 +66,24 @@ class Metrics:
         self.queue_dropped = Counter(
             "kvbucket_store_queue_dropped", "Write-behind items dropped (queue full or tier down)", ["tier"], registry=r
         )
+        # Children used on every call, looked up once: `labels()` takes a lock and checks its values.
+        self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
+        self._children: dict[tuple, tuple] = {}
+
+    def request_done(self, op: str, status: str, seconds: float) -> None:
+        """Count and time one RPC."""
+        pair = self._children.get((op, status))
+        if pair is None:
+            pair = self._children[(op, status)] = (self.requests.labels(op, status), self.request_seconds.labels(op))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def tier_op(self, tier: str, op: str):
+        """The latency histogram of one tier's op (`with metrics.tier_op(t, "get").time():`)."""
+        child = self._children.get((tier, op, None))
+        if child is None:
+            child = self._children[(tier, op, None)] = self.tier_seconds.labels(tier, op)
+        return child
 
     def watch_tiers(self, stats: Callable[[], dict[str, object]]) -> None:
         """Expose entries/bytes/capacity per tier, read at scrape time from `stats()`."""

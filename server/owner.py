@@ -20,7 +20,7 @@ from kvbucket.server.maintenance import drop_local
 from kvbucket.server.quotas import Policies, Quotas
 from kvbucket.server.store import StoreHooks, TieredStore
 from kvbucket.server.tiers.base import EntryMeta
-from kvbucket.server.ttl import Expiry
+from kvbucket.server.ttl import Expiry, held
 from kvbucket.server.usage import Usage, census
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,9 @@ class CacheOwner(StoreHooks):
     # -- StoreHooks ----------------------------------------------------------------------------
 
     def before_put(self, key: EntryKey, meta: EntryMeta) -> EntryMeta:
-        is_new = all(t.meta(key) is None for t in self.store.tiers)
-        meta = self.expiry.on_put(key, meta)
-        self.quotas.check(key, meta, is_new)
+        old = held(self.store, key)
+        meta = self.expiry.on_put(key, meta, old)
+        self.quotas.check(key, meta, old is None)
         return meta
 
     def after_read(self, key: EntryKey, meta: EntryMeta | None) -> None:

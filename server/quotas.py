@@ -28,6 +28,9 @@ class NamespacePolicy:
     default_sliding: bool = False
 
 
+_NO_POLICY = NamespacePolicy()
+
+
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -46,7 +49,7 @@ class Policies:
                 log.warning("cannot read namespace policies %s, starting without: %s", path, exc)
 
     def get(self, namespace: str) -> NamespacePolicy:
-        return self._by_ns.get(namespace, NamespacePolicy())
+        return self._by_ns.get(namespace, _NO_POLICY)
 
     def items(self) -> list[tuple[str, NamespacePolicy]]:
         return sorted(self._by_ns.items())

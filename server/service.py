@@ -94,11 +94,12 @@ class _Incoming:
 def raw_entry(key: EntryKey, layout: Layout, h: pb.ChunkHeader, raw, csum: int) -> tuple[Record, EntryMeta]:
     """The record (codec NONE, payload `raw` as given) and index meta of a verified chunk from a put."""
     tokens = h.tokens or layout.tokens_per_chunk
-    header = RecordHeader(Codec.NONE, h.dtype, tuple(h.shape), h.raw_length, h.raw_length, csum, tokens)
+    shape = layout.shape  # the header's, as check_header found
+    header = RecordHeader(Codec.NONE, layout.dtype, shape, h.raw_length, h.raw_length, csum, tokens)
     now = time.time()
     meta = EntryMeta(
         key=key, tokens=tokens, raw_bytes=h.raw_length, stored_bytes=h.raw_length, codec=Codec.NONE,
-        created=now, last_access=now, dtype=h.dtype, shape=tuple(h.shape),
+        created=now, last_access=now, dtype=layout.dtype, shape=shape,
         ttl_seconds=h.ttl_seconds, sliding=h.ttl_sliding, pinned=h.pin,
     )
     return Record(header, raw), meta
@@ -237,7 +238,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
                 "nothing was stored for it"
             )
         await self.store.put(inc.key, *raw_entry(inc.key, inc.layout, h, raw, h.checksum))
-        self.metrics.bytes.labels("in").inc(h.payload_length)
+        self.metrics.bytes_in.inc(h.payload_length)
         return pb.ChunkResult(hash=h.hash, stored=True)
 
     @rpc("get")
@@ -268,7 +269,7 @@ class KVBucketService(store_pb2_grpc.KVBucketServicer):
                 )
                 mv = memoryview(rec.payload)
                 yield pb.GetResponse(header=header), mv
-                self.metrics.bytes.labels("out").inc(len(mv))
+                self.metrics.bytes_out.inc(len(mv))
                 self.metrics.tokens_served.inc(h.tokens)
 
 

@@ -342,7 +342,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             record, meta = raw_entry(p.key, p.layout, p.header, memoryview(p.view), digest)
             p.view = None  # the record holds the slot now
             await self.store.put(p.key, record, meta)
-            self.metrics.bytes.labels("in").inc(n)
+            self.metrics.bytes_in.inc(n)
             results.append(pb.ChunkResult(hash=p.header.hash, stored=True))
         return pb.ShmCommitResponse(results=results)
 
@@ -399,7 +399,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 self.catalog_reads["gone"] += 1
                 continue
             self.catalog_reads["counted"] += 1
-            self.metrics.bytes.labels("out").inc(meta.raw_bytes)
+            self.metrics.bytes_out.inc(meta.raw_bytes)
             self.metrics.tokens_served.inc(meta.tokens)
 
     @rpc("shm_get")
@@ -427,7 +427,7 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 continue
             held.append(view)
             chunks.append(pb.ShmChunk(header=header, offset=self.arena.offset_of(view), index=i))
-            self.metrics.bytes.labels("out").inc(h.raw_length)
+            self.metrics.bytes_out.inc(h.raw_length)
             self.metrics.tokens_served.inc(h.tokens)
         if not held:
             return pb.ShmGetResponse(lease=0, chunks=chunks, nonce=self.arena.nonce)

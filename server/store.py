@@ -142,7 +142,7 @@ class TieredStore:
         meta = self.hooks.before_put(key, meta)
         for wb in self._behind.values():
             wb.cancel(key)  # a newer value supersedes a queued copy
-        with self.metrics.tier_seconds.labels(self.first.name, "put").time():
+        with self.metrics.tier_op(self.first.name, "put").time():
             evicted = await self.first.put(key, record, meta)
         self._demote(evicted)
         for name, wb in self._behind.items():
@@ -288,7 +288,7 @@ class TieredStore:
             if tier.meta(key) is None:
                 continue
             try:
-                with self.metrics.tier_seconds.labels(tier.name, "get").time():
+                with self.metrics.tier_op(tier.name, "get").time():
                     rec = await tier.get(key)
                 if rec is None:
                     continue

@@ -28,7 +28,8 @@ _EXPIRE, _UNPIN = 0, 1
 _CARRIED = ("pinned", "pin_expires_at", "expires_at", "ttl_seconds", "sliding")
 
 
-def _held(store: TieredStore, key: EntryKey) -> EntryMeta | None:
+def held(store: TieredStore, key: EntryKey) -> EntryMeta | None:
+    """The meta of the fastest tier's copy of `key`, or None."""
     for t in store.tiers:
         if (m := t.meta(key)) is not None:
             return m
@@ -54,20 +55,21 @@ class Expiry:
         self._next[(kind, key)] = when
         heapq.heappush(self._heap, (when, next(self._seq), kind, key))
 
-    def _track(self, meta: EntryMeta) -> None:
+    def _track(self, meta: EntryMeta, key: EntryKey | None = None) -> None:
+        key = key or meta.key
         if meta.expires_at:
-            self._due(meta.expires_at, _EXPIRE, meta.key)
+            self._due(meta.expires_at, _EXPIRE, key)
         if meta.pinned and meta.pin_expires_at:
-            self._due(meta.pin_expires_at, _UNPIN, meta.key)
+            self._due(meta.pin_expires_at, _UNPIN, key)
 
     # -- the data path ------------------------------------------------------------------------
 
-    def on_put(self, key: EntryKey, meta: EntryMeta) -> EntryMeta:
+    def on_put(self, key: EntryKey, meta: EntryMeta, old: EntryMeta | None) -> EntryMeta:
+        """The meta to store for a put of `key`, whose fastest copy now held is `old` (or None)."""
         if meta.ttl_seconds < 0:
             raise InvalidArgument(f"ttl_seconds must not be negative, got {meta.ttl_seconds}")
         now = self.clock()
         meta = meta.copy(created=now, last_access=now)
-        old = _held(self.store, key)
         if old is not None and old.expires_at and old.expires_at <= now:
             old = None  # expired, only not swept yet: this put is a new entry, not heir to a dead deadline
         if old is not None and not (meta.ttl_seconds or meta.pinned):  # a re-put keeps pin and TTL
@@ -81,7 +83,7 @@ class Expiry:
             if p.default_ttl_seconds > 0:
                 meta = meta.copy(ttl_seconds=p.default_ttl_seconds, sliding=p.default_sliding,
                                  expires_at=now + p.default_ttl_seconds)
-        self._track(meta.copy(key=key))
+        self._track(meta, key)
         return meta
 
     def on_hit(self, key: EntryKey, meta: EntryMeta) -> None:
@@ -138,7 +140,7 @@ class Expiry:
             if self._next.get((kind, key)) != when:
                 continue  # superseded by an earlier item for this key, already handled
             del self._next[(kind, key)]
-            meta = _held(self.store, key)
+            meta = held(self.store, key)
             if meta is None:
                 continue
             if kind == _EXPIRE and meta.expires_at:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import operator
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from kvbucket.core.codecs import Codec
@@ -38,7 +39,13 @@ class EntryMeta:
     pin_expires_at: float = 0.0  # soft pin: pinned until then; 0 with `pinned` = hard pin
 
     def copy(self, **changes) -> EntryMeta:
-        return replace(self, **changes)
+        new = EntryMeta(*_META_FIELDS(self))  # a third of dataclasses.replace's cost: this runs per put
+        for name, value in changes.items():
+            setattr(new, name, value)  # an unknown name: AttributeError (slots)
+        return new
+
+
+_META_FIELDS = operator.attrgetter(*(f.name for f in fields(EntryMeta)))
 
 
 @dataclass(frozen=True, slots=True)
