@@ -311,15 +311,18 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 raise InvalidArgument("give checksums or set daemon_checksums, not both")
             if not request.daemon_checksums and len(request.checksums) != len(lease.pending):
                 raise InvalidArgument(f"{len(request.checksums)} checksums for {len(lease.pending)} slots")
-            return await self._commit(lease.pending, None if request.daemon_checksums else request.checksums)
+            resp = pb.ShmCommitResponse()
+            await self._commit(lease.pending, None if request.daemon_checksums else request.checksums, resp.results)
+            return resp
         finally:
             for p in lease.pending:  # slots not stored go back now, not when a traceback is collected
                 p.view = None
 
-    async def _commit(self, pending: list[_Pending], checksums, read: bool = True) -> pb.ShmCommitResponse:
-        """Store the written slots. `checksums`: what the client says each slot holds, verified against
-        the daemon's digests (any mismatch: DATA_LOSS, nothing stored), or stored as given with `read`
-        False (hashed_in_slot: the slots are not read); None: the daemon's digests are stored."""
+    async def _commit(self, pending: list[_Pending], checksums, results, read: bool = True) -> None:
+        """Store the written slots, adding a ChunkResult for each to `results` (a reply's repeated
+        field). `checksums`: what the client says each slot holds, verified against the daemon's
+        digests (any mismatch: DATA_LOSS, nothing stored), or stored as given with `read` False
+        (hashed_in_slot: the slots are not read); None: the daemon's digests are stored."""
         todo = [p for p in pending if p.view is not None]
         given = None
         if checksums is not None:
@@ -336,15 +339,13 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                     f"chunk {bad.hash.hex()[:16]}: the bytes in its shared-memory slot do not match the "
                     "checksum given at commit; nothing of this lease was stored"
                 )
-        results = []
         for p, digest in zip(todo, sums, strict=True):
             n = len(p.view)
             record, meta = raw_entry(p.key, p.layout, p.header, memoryview(p.view), digest)
             p.view = None  # the record holds the slot now
             await self.store.put(p.key, record, meta)
             self.metrics.bytes_in.inc(n)
-            results.append(pb.ChunkResult(hash=p.header.hash, stored=True))
-        return pb.ShmCommitResponse(results=results)
+            results.add(hash=p.header.hash, stored=True)
 
     async def _digests(self, pending: list[_Pending]) -> list[int]:
         """The xxh3 of each slot: what its announcements started, finished on the same worker (it
@@ -469,11 +470,13 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             raise InvalidArgument("chunks name slots of a pool: open one first (pool 0, refill only)")
         else:
             pool = self.leases.open(caller.tenant, "pool")
-        results = await self._put_from_pool(caller, pool, request) if request.chunks else []
-        return pb.ShmPutResponse(pool=pool.id, results=results, slots=self._refill(pool, request.refill),
-                                 nonce=self.arena.nonce)
+        resp = pb.ShmPutResponse(pool=pool.id, nonce=self.arena.nonce)
+        if request.chunks:
+            await self._put_from_pool(caller, pool, request, resp.results)
+        self._refill(pool, request.refill, resp.slots)
+        return resp
 
-    async def _put_from_pool(self, caller, pool: Lease, request: pb.ShmPutRequest) -> list[pb.ChunkResult]:
+    async def _put_from_pool(self, caller, pool: Lease, request: pb.ShmPutRequest, results) -> None:
         # Every named slot leaves the pool first: whatever fails below, none stays half-used in it.
         views = [pool.spare.pop(off, None) for off in request.offsets]
         progress = [pool.progress.pop(off, None) for off in request.offsets]
@@ -492,15 +495,16 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
             if request.hashed_in_slot and request.daemon_checksums:
                 raise InvalidArgument("give hashed_in_slot checksums or set daemon_checksums, not both")
             given = None if request.daemon_checksums else [h.checksum for h in request.chunks]
-            return list((await self._commit(pending, given, read=not request.hashed_in_slot)).results)
+            await self._commit(pending, given, results, read=not request.hashed_in_slot)
         finally:  # slots not stored go back now, not when a traceback is collected
             views.clear()
             view = None  # noqa: F841 - the loop's last slot, held by this frame
             for p in pending:
                 p.view = None
 
-    def _refill(self, pool: Lease, sizes) -> list[pb.ShmSlot]:
-        slots = []
+    def _refill(self, pool: Lease, sizes, slots) -> None:
+        """Add spare slots of these sizes to the pool, and each (or a fallback) to `slots`, a reply's
+        repeated field."""
         held = pool.spare_bytes
         for n in sizes:
             view = None
@@ -509,13 +513,12 @@ class ShmService(store_pb2_grpc.KVBucketShmServicer):
                 # and a full cache (the normal state) must not cost its puts a second round trip.
                 view = self._slot(n)
             if view is None:
-                slots.append(pb.ShmSlot(fallback=True))
+                slots.add(fallback=True)
                 continue
             off = self.arena.offset_of(view)
             pool.spare[off] = view
             held += len(view)
-            slots.append(pb.ShmSlot(offset=off, length=len(view)))
-        return slots
+            slots.add(offset=off, length=len(view))
 
     @rpc("shm_release")
     async def ShmRelease(self, request: pb.ShmReleaseRequest, context) -> pb.ShmReleaseResponse:
