@@ -242,3 +242,14 @@ def test_unknown_policy_and_bad_capacity():
         MemoryTier(1024, policy="clock")
     with pytest.raises(InvalidArgument):
         MemoryTier(0)
+
+
+def test_an_entry_meta_copy_carries_every_field_changes_only_those_named_and_refuses_unknown_ones():
+    _, meta, _ = make_entry(make_key(b"m"))
+    meta.pinned, meta.expires_at, meta.hits, meta.shape = True, 42.0, 3, (2, 4)
+    copy = meta.copy(hits=9)
+    assert copy is not meta and copy.hits == 9 and meta.hits == 3
+    copy.hits = 3
+    assert copy == meta
+    with pytest.raises(AttributeError):
+        meta.copy(no_such_field=1)
