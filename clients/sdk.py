@@ -71,7 +71,19 @@ class _Scope:
     def proto(self) -> pb.Scope:
         if self.layout is None:
             raise ValueError("this client has no layout: pass layout=Layout(...) or use scoped(layout=...)")
-        return pb.Scope(namespace=self.namespace, model=self.model, layout=wire.layout_proto(self.layout))
+        try:
+            return pb.Scope.FromString(_scope_bytes(self))  # a fifth of building it anew: every call has one
+        except TypeError:  # unhashable: a layout whose shape is a list
+            return _scope_message(self)
+
+
+def _scope_message(scope: _Scope) -> pb.Scope:
+    return pb.Scope(namespace=scope.namespace, model=scope.model, layout=wire.layout_proto(scope.layout))
+
+
+@functools.lru_cache(maxsize=256)
+def _scope_bytes(scope: _Scope) -> bytes:
+    return _scope_message(scope).SerializeToString()
 
 
 def _data_methods(channel):

@@ -225,8 +225,10 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
 
 def reserve_request(scope: pb.Scope, items, **opts) -> tuple[pb.ShmReserveRequest, list[memoryview]]:
     """ShmReserve for `(hash, payload, tokens)` items, and the raw byte views to write."""
-    chunks, raws = chunk_headers(scope, items, **opts)
-    return pb.ShmReserveRequest(chunks=chunks), raws
+    headers, raws = chunk_headers(scope, items, **opts)
+    req = pb.ShmReserveRequest()
+    headers.add_to(req.chunks)
+    return req, raws
 
 
 class Views:
@@ -318,31 +320,55 @@ def reservation_headers(scope: pb.Scope, items: list[tuple[bytes, int, int]], **
                            dtype=layout.dtype, shape=layout.shape, **opts) for h, n, t in items]
 
 
+class Headers:
+    """The chunk headers of one put, written straight into a request's repeated field (`add_to`):
+    what all share is copied from one cached template, the rest set per chunk. Building messages
+    and then passing them to a request would copy each twice more (~15 us a chunk against ~5)."""
+
+    __slots__ = ("template", "chunks")
+
+    def __init__(self, template: pb.ChunkHeader, chunks: list[tuple[bytes, int, int]]) -> None:
+        self.template = template  # shared: only ever copied from
+        self.chunks = chunks  # (hash, bytes, tokens)
+
+    def add_to(self, repeated, sums: list[int] | None = None) -> None:
+        """Append one ChunkHeader per chunk to `repeated`, with checksum `sums[i]` when given."""
+        if sums is not None and len(sums) != len(self.chunks):
+            raise ValueError(f"{len(sums)} checksums for {len(self.chunks)} chunks")
+        for i, (h, n, tokens) in enumerate(self.chunks):
+            c = repeated.add()
+            c.CopyFrom(self.template)
+            c.hash, c.raw_length, c.payload_length, c.tokens = h, n, n, tokens
+            if sums is not None:
+                c.checksum = sums[i]
+
+
+@functools.lru_cache(maxsize=64)
+def _template(scope: bytes, ttl_seconds: float, ttl_sliding: bool, pin: bool) -> pb.ChunkHeader:
+    s = pb.Scope.FromString(scope)
+    return pb.ChunkHeader(scope=s, codec=pb.CODEC_NONE, dtype=s.layout.dtype, shape=s.layout.shape,
+                          ttl_seconds=ttl_seconds, ttl_sliding=ttl_sliding, pin=pin)
+
+
 def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_sliding: bool = False,
-                  pin: bool = False) -> tuple[list[pb.ChunkHeader], list[memoryview]]:
+                  pin: bool = False) -> tuple[Headers, list[memoryview]]:
     """The headers of `(hash, payload, tokens)` items (checksum unset), and their raw byte views."""
-    layout = scope.layout
-    chunks, raws = [], []
-    for h, data, tokens in items:
-        raw = as_bytes(data)
-        raws.append(raw)
-        chunks.append(pb.ChunkHeader(
-            scope=scope, hash=h, codec=pb.CODEC_NONE, raw_length=len(raw), payload_length=len(raw),
-            tokens=tokens, dtype=layout.dtype, shape=layout.shape, ttl_seconds=ttl_seconds,
-            ttl_sliding=ttl_sliding, pin=pin,
-        ))
-    return chunks, raws
+    raws = [as_bytes(data) for _, data, _ in items]
+    chunks = [(h, len(raw), tokens) for (h, _, tokens), raw in zip(items, raws, strict=True)]
+    template = _template(scope.SerializeToString(deterministic=True), float(ttl_seconds), bool(ttl_sliding),
+                         bool(pin))
+    return Headers(template, chunks), raws
 
 
-def put_request(att: Attachment, headers: list[pb.ChunkHeader], offsets: list[int], raws: list[memoryview],
+def put_request(att: Attachment, headers: Headers, offsets: list[int], raws: list[memoryview],
                 sums: list[int]) -> pb.ShmPutRequest:
     """The ShmPut that stores chunks written into these pool slots with `sums`, the checksums this
     client took of the slots as it wrote them (hashed_in_slot: the daemon does not read them again),
     and asks for as many slots of the same sizes again."""
-    for h, c in zip(headers, sums, strict=True):
-        h.checksum = c
-    return pb.ShmPutRequest(pool=att.pool.id, chunks=headers, offsets=offsets, refill=[len(r) for r in raws],
-                            release=att.releases(), hashed_in_slot=True)
+    req = pb.ShmPutRequest(pool=att.pool.id, offsets=offsets, refill=[len(r) for r in raws],
+                           release=att.releases(), hashed_in_slot=True)
+    headers.add_to(req.chunks, sums)
+    return req
 
 
 def commit_results(slots, commit: pb.ShmCommitResponse | None) -> tuple[list[bool | None], list[int]]:
@@ -377,6 +403,9 @@ class SlotPool:
         with self._lock:
             if self.id and time.monotonic() > self._deadline:
                 self._forget()
+            if len(sizes) == 1:
+                free = self._free.get(sizes[0])
+                return [free.pop()] if free else None
             want = collections.Counter(sizes)
             if any(len(self._free.get(n, ())) < k for n, k in want.items()):
                 return None
