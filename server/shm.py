@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,10 +109,14 @@ class Leases:
         self.seconds = seconds
         self._open: dict[int, Lease] = {}
         self.expired = 0
+        # No open lease expires before this (renewals only move expiries later, so it stays a lower
+        # bound): `sweep`, which every call makes, looks at the leases only once it has passed.
+        self._due = math.inf
 
     def open(self, tenant: str, kind: str, **parts) -> Lease:
         lease = Lease(secrets.randbits(63) or 1, tenant, kind, self.clock() + self.seconds, **parts)
         self._open[lease.id] = lease
+        self._due = min(self._due, lease.expires)
         return lease
 
     def take(self, lease_id: int, tenant: str, kind: str | None = None) -> Lease | None:
@@ -141,11 +146,15 @@ class Leases:
         return lease
 
     def sweep(self) -> int:
+        """Drop the expired leases; how many."""
         now = self.clock()
+        if now < self._due:
+            return 0
         dead = [i for i, lease in self._open.items() if lease.expires <= now]
         for i in dead:
             self._open.pop(i).drop()
         self.expired += len(dead)
+        self._due = min((lease.expires for lease in self._open.values()), default=math.inf)
         return len(dead)
 
     def __len__(self) -> int:
