@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -36,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kvbucket.clients.sdk import Client
-from kvbucket.core.keys import EntryKey, Layout
-from kvbucket.proto import store_pb2 as pb
-from kvbucket.server.app import Daemon
-from kvbucket.server.settings import Settings
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _load_daemon_helpers  # noqa: E402, I001  (a sibling script, not a package)
+from kvbucket.clients.sdk import Client  # noqa: E402
+from kvbucket.core.keys import EntryKey, Layout  # noqa: E402
+from kvbucket.proto import store_pb2 as pb  # noqa: E402
+from kvbucket.server.app import Daemon  # noqa: E402
+from kvbucket.server.settings import Settings  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 SHAPES = {"2MiB": (32, 2, 16, 8, 128), "4KiB": (1, 1, 16, 1, 128)}  # bf16; Llama-3-8B's KV of 16 tokens, and a sliver
 
 
@@ -97,14 +97,6 @@ async def _measure(daemon: Daemon, shape: tuple[int, ...], per_call: int, calls:
             "p50_us": float(np.median(w)), "p99_us": float(np.percentile(w, 99)), "cpu_us": float(np.mean(cpu) * 1e6)}
 
 
-def _daemon_helpers():
-    spec = importlib.util.spec_from_file_location("kvbucket_tests_daemon", REPO / "tests" / "daemon.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
@@ -118,7 +110,7 @@ def over_the_wire(chunks: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "kv.sock"
-        d = _daemon_helpers().start_daemon(Path(tmp), "--ram-capacity", "1GiB", "--shm-size", "1GiB",
+        d = _load_daemon_helpers().start_daemon(Path(tmp), "--ram-capacity", "1GiB", "--shm-size", "1GiB",
                                            "--unix-socket", str(sock))
         try:
             with Client(f"kvbucket+unix://{sock}", model="bench/m", layout=layout) as kv:

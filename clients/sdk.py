@@ -71,19 +71,13 @@ class _Scope:
     def proto(self) -> pb.Scope:
         if self.layout is None:
             raise ValueError("this client has no layout: pass layout=Layout(...) or use scoped(layout=...)")
-        try:
-            return pb.Scope.FromString(_scope_bytes(self))  # a fifth of building it anew: every call has one
-        except TypeError:  # unhashable: a layout whose shape is a list
-            return _scope_message(self)
-
-
-def _scope_message(scope: _Scope) -> pb.Scope:
-    return pb.Scope(namespace=scope.namespace, model=scope.model, layout=wire.layout_proto(scope.layout))
+        return pb.Scope.FromString(_scope_bytes(self))  # a fifth of building it anew: every call has one
 
 
 @functools.lru_cache(maxsize=256)
 def _scope_bytes(scope: _Scope) -> bytes:
-    return _scope_message(scope).SerializeToString()
+    return pb.Scope(namespace=scope.namespace, model=scope.model,
+                    layout=wire.layout_proto(scope.layout)).SerializeToString()
 
 
 def _data_methods(channel):

@@ -42,6 +42,7 @@ class Layout:
     tp_size: int = 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))  # a list given: hashable, equal to its tuple
         if self.dtype not in DTYPE_SIZES:
             raise InvalidArgument(f"unknown dtype {self.dtype!r}; known: {', '.join(sorted(DTYPE_SIZES))}")
         if not self.shape or any(d <= 0 for d in self.shape):

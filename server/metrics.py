@@ -68,21 +68,22 @@ class Metrics:
         )
         # Children used on every call, looked up once: `labels()` takes a lock and checks its values.
         self.bytes_in, self.bytes_out = self.bytes.labels("in"), self.bytes.labels("out")
-        self._children: dict[tuple, tuple] = {}
+        self._requests: dict[tuple[str, str], tuple] = {}  # (op, status) -> (counter, histogram)
+        self._tier_ops: dict[tuple[str, str], object] = {}  # (tier, op) -> histogram
 
     def request_done(self, op: str, status: str, seconds: float) -> None:
         """Count and time one RPC."""
-        pair = self._children.get((op, status))
+        pair = self._requests.get((op, status))
         if pair is None:
-            pair = self._children[(op, status)] = (self.requests.labels(op, status), self.request_seconds.labels(op))
+            pair = self._requests[(op, status)] = (self.requests.labels(op, status), self.request_seconds.labels(op))
         pair[0].inc()
         pair[1].observe(seconds)
 
     def tier_op(self, tier: str, op: str):
         """The latency histogram of one tier's op (`with metrics.tier_op(t, "get").time():`)."""
-        child = self._children.get((tier, op, None))
+        child = self._tier_ops.get((tier, op))
         if child is None:
-            child = self._children[(tier, op, None)] = self.tier_seconds.labels(tier, op)
+            child = self._tier_ops[(tier, op)] = self.tier_seconds.labels(tier, op)
         return child
 
     def watch_tiers(self, stats: Callable[[], dict[str, object]]) -> None:

@@ -73,3 +73,9 @@ def test_changing_an_early_token_changes_every_later_key():
     b = chunk_hashes([1, *range(1, 100)], 10)
     assert all(x != y for x, y in zip(a, b))
     assert chunk_hashes(list(range(100)), 10, salt=b"tenant") != a
+
+
+def test_a_layout_given_a_list_shape_is_the_layout_of_its_tuple():
+    listed = Layout("bfloat16", [32, 2, 256, 8, 128], tokens_per_chunk=256)
+    assert listed == LAYOUT and hash(listed) == hash(LAYOUT) and listed.shape == LAYOUT.shape
+    assert listed.fingerprint() == LAYOUT.fingerprint()
