@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import numpy as np
@@ -21,14 +22,19 @@ _worker: futures.ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def copy_behind(dst: memoryview, src: memoryview) -> futures.Future:
-    """dst[:] = src, on the worker (copies run in the order given)."""
+def _np_copy(dst: memoryview, src: memoryview) -> None:
+    np.copyto(np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8))
+
+
+def copy_behind(dst: memoryview, src: memoryview, copy: Callable[[memoryview, memoryview], None] = _np_copy,
+                ) -> futures.Future:
+    """copy(dst, src) -- by default numpy's dst[:] = src -- on the worker (copies run in the order given)."""
     global _worker
     if _worker is None:
         with _lock:
             if _worker is None:
                 _worker = futures.ThreadPoolExecutor(1, thread_name_prefix="kvbucket-copy")
-    return _worker.submit(np.copyto, np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src, dtype=np.uint8))
+    return _worker.submit(copy, dst, src)
 
 
 def _after_fork_in_child() -> None:

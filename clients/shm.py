@@ -45,10 +45,17 @@ from kvbucket.core.keys import Layout, scope_prefix
 from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
+try:
+    from kvbucket.clients._streamcopy import stream_copy
+except ImportError:  # not built (no C compiler where kvbucket was installed): puts copy with numpy
+    stream_copy = None
+
 log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
 HEAD_SHARE = 0.4  # of a chunk over PIECE, what copy_hash's caller copies and hashes (the worker copies the rest)
+# stream_hash's split with the worker (its docstring); measured by benchmarks/bench_copy.py
+STREAM_HEAD, STREAM_HEAD_LARGE, STREAM_BEHIND, STREAM_MIN = 0.3, 0.1, 8, 512 << 10
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
 
@@ -132,10 +139,13 @@ class ShmPlane:
             if not slot.fallback:
                 self.view[slot.offset : slot.offset + len(raw)] = raw
 
-    def write_hashed(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
-        """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of each slot
-        as written (`copy_hash`: hashed from cache right after the copy, part copied by a worker)."""
-        return copy_hash([(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)])
+    def write_hashed(self, offsets: list[int], raws: list[memoryview], *, worker: bool = True) -> list[int]:
+        """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of what was
+        copied (`stream_hash`, or `copy_hash` where the C copy is not built). `worker`: stream_hash may
+        hand part to the copy worker (a stream passes False: the daemon is storing its previous chunk
+        on the other core meanwhile)."""
+        pairs = [(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)]
+        return stream_hash(pairs, worker=worker) if stream_copy is not None else copy_hash(pairs)
 
     def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
         """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
@@ -218,6 +228,51 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
                 tail.result()
                 h.update(dst[cut:])
             sums.append(h.intdigest())
+    finally:  # the worker must be done with every dst before the caller may reuse it, even after an error
+        futures.wait([t for t in behind if t is not None])
+    return sums
+
+
+def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = True) -> list[int]:
+    """dst[:] = src for each `(dst, src)` with non-temporal stores (clients/_streamcopy.c); the xxh3_64
+    of each source. For a put's slots: the daemon reads them next, not this thread (a get's copy out
+    stays `copy_hash`, which hashes what landed). The stores skip reading each destination line in
+    first, the larger part of an ordinary copy into a slot no recent put wrote (benchmarks/bench_copy.py).
+    A source changed under the copy leaves a slot that fails its checksum at every reader: never served.
+
+    This thread hashes every source and copies part, FUSED bytes at a time, each piece hashed then
+    copied from L2; the worker copies the rest meanwhile, non-temporal too, the GIL released: past
+    STREAM_HEAD of a lone chunk (STREAM_HEAD_LARGE over PIECE, whose hashing from memory is most of
+    this thread's work), and of a batch all chunks but every STREAM_BEHIND-th. A chunk under
+    STREAM_MIN is all done here (a hand-off costs more), and every chunk without `worker`."""
+    plan = []
+    for i, (dst, src) in enumerate(pairs):
+        if len(dst) != len(src):
+            raise ValueError(f"destination of {len(dst)} bytes for a chunk of {len(src)}")
+        n = len(src)
+        if n < STREAM_MIN or not worker:
+            plan.append(n)
+        elif len(pairs) == 1 or n > PIECE:
+            plan.append(int(n * (STREAM_HEAD if n <= PIECE else STREAM_HEAD_LARGE)) // FUSED * FUSED)
+        else:
+            plan.append(n if i % STREAM_BEHIND == 0 else 0)
+    behind: list[futures.Future | None] = []
+    try:
+        for (dst, src), cut in zip(pairs, plan, strict=True):
+            behind.append(copy_behind(dst[cut:], src[cut:], stream_copy) if cut < len(src) else None)
+        sums = []
+        for (dst, src), cut in zip(pairs, plan, strict=True):
+            h = xxhash.xxh3_64()
+            for off in range(0, cut, FUSED):
+                end = min(off + FUSED, cut)
+                h.update(src[off:end])
+                stream_copy(dst[off:end], src[off:end])
+            if cut < len(src):
+                h.update(src[cut:])  # what the worker copies
+            sums.append(h.intdigest())
+        for tail in behind:
+            if tail is not None:
+                tail.result()
     finally:  # the worker must be done with every dst before the caller may reuse it, even after an error
         futures.wait([t for t in behind if t is not None])
     return sums

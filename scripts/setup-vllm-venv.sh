@@ -35,7 +35,9 @@ want_stamp() {
     {
         sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1
         echo "$VLLM_SPEC"
-        if [[ $install_kvbucket == 1 ]]; then sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; fi
+        if [[ $install_kvbucket == 1 ]]; then
+            cat "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO/clients/_streamcopy.c" | sha256sum | cut -d' ' -f1
+        fi
     } | sha256sum | cut -d' ' -f1
 }
 WANT="$(want_stamp)"

@@ -17,7 +17,8 @@ DEV=0
 STAMP="$VENV/.kvbucket-setup-stamp-$DEV"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 
-WANT="$(cat "${BASH_SOURCE[0]}" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+# setup.py builds the client's C copy (clients/_streamcopy.c): a change to either reinstalls.
+WANT="$(cat "${BASH_SOURCE[0]}" "$REPO/pyproject.toml" "$REPO/setup.py" "$REPO/clients/_streamcopy.c" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/kvbucket" ]]; then
     echo "setup: $VENV is up to date"
 else
@@ -33,6 +34,11 @@ else
         "${PIP[@]}" install -q -e "$REPO" 2>&1 | { grep -v -i warning || true; }
     fi
     "$VENV/bin/python" -c "import kvbucket.server.app" # fail here, not later
+    if "$VENV/bin/python" -c "import kvbucket.clients._streamcopy" 2>/dev/null; then
+        echo "setup: built the client's non-temporal copy (clients/_streamcopy.c)"
+    else
+        echo "setup: clients/_streamcopy.c not built (no C compiler?): shared-memory puts copy with numpy"
+    fi
     echo "$WANT" >"$STAMP"
 fi
 

@@ -1,20 +1,39 @@
-"""clients/shm.copy_hash: the copy into (and out of) the arena, and the checksum of what landed."""
+"""clients/shm.copy_hash and stream_hash: the copy into (and out of) the arena and its checksum, and
+the non-temporal copy under stream_hash (clients/_streamcopy.c)."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import signal
+import sysconfig
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvbucket.clients.shm import FUSED, PIECE, copy_hash
+from kvbucket.clients import shm
+from kvbucket.clients.shm import FUSED, PIECE, STREAM_MIN, copy_hash, stream_hash
 from kvbucket.core.record import checksum
 
-EDGES = [0, 1, FUSED - 1, FUSED, FUSED + 1, (2 << 20) + 3, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 5]
+EDGES = [0, 1, FUSED - 1, FUSED, FUSED + 1, STREAM_MIN - 1, STREAM_MIN, (2 << 20) + 3, PIECE - 1, PIECE, PIECE + 1,
+         3 * PIECE + 5]
+needs_c = pytest.mark.skipif(shm.stream_copy is None, reason="clients/_streamcopy.c is not built (no C compiler)")
+# Both copies into the arena: copy_hash (gets; puts where the C copy is not built) and stream_hash (puts).
+COPIES = [
+    copy_hash,
+    pytest.param(stream_hash, marks=needs_c, id="stream_hash"),
+    pytest.param(lambda pairs: stream_hash(pairs, worker=False), marks=needs_c, id="stream_hash-alone"),
+]
+
+
+def test_the_non_temporal_copy_is_built_wherever_a_c_compiler_is():
+    # It is optional at install; this keeps CI from passing on the numpy fallback alone.
+    if shutil.which(sysconfig.get_config_var("CC").split()[0]) is None:
+        pytest.skip("no C compiler here: puts copy with numpy")
+    assert shm.stream_copy is not None
 
 
 def _pairs(sizes: list[int], seed: int):
@@ -28,49 +47,78 @@ def _pairs(sizes: list[int], seed: int):
     return pairs
 
 
+@pytest.mark.parametrize("copy", COPIES)
 @pytest.mark.parametrize("n", EDGES)
-def test_one_chunk_lands_whole_and_its_checksum_is_the_bytes(n):
+def test_one_chunk_lands_whole_and_its_checksum_is_the_bytes(copy, n):
     [(dst, src)] = pairs = _pairs([n], n)
-    assert copy_hash(pairs) == [checksum(src)]
+    assert copy(pairs) == [checksum(src)]
     assert dst == src
 
 
+@pytest.mark.parametrize("copy", COPIES)
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.sampled_from(EDGES) | st.integers(0, 3 * PIECE), min_size=1, max_size=5), st.integers(0, 9))
-def test_many_chunks_each_checksum_belongs_to_its_own_bytes(sizes, seed):
+@given(st.lists(st.sampled_from(EDGES) | st.integers(0, 3 * PIECE), min_size=1, max_size=9), st.integers(0, 9))
+def test_many_chunks_each_checksum_belongs_to_its_own_bytes(copy, sizes, seed):
     pairs = _pairs(sizes, seed)
-    sums = copy_hash(pairs)
+    sums = copy(pairs)
     assert sums == [checksum(src) for _, src in pairs]
     assert all(dst == src for dst, src in pairs)
 
 
-def test_a_destination_of_the_wrong_size_raises_and_the_next_call_is_whole():
+@pytest.mark.parametrize("copy", COPIES)
+def test_a_destination_of_the_wrong_size_raises_and_the_next_call_is_whole(copy):
     big = np.ones(2 * PIECE + 7, dtype=np.uint8)
     with pytest.raises(ValueError):
-        copy_hash([(memoryview(bytearray(PIECE + 1)), memoryview(big[: PIECE + 1])),
-                   (memoryview(bytearray(PIECE)), memoryview(big))])
+        copy([(memoryview(bytearray(PIECE + 1)), memoryview(big[: PIECE + 1])),
+              (memoryview(bytearray(PIECE)), memoryview(big))])
     pairs = _pairs([2 * PIECE + 7], 1)
-    assert copy_hash(pairs) == [checksum(pairs[0][1])]
+    assert copy(pairs) == [checksum(pairs[0][1])]
 
 
-@pytest.mark.parametrize("sizes", [[FUSED, FUSED], [3 * PIECE]])
-def test_a_destination_that_cannot_be_written_raises_and_the_next_call_is_whole(sizes):
-    # The worker copies every other chunk of a batch (here the second) and the tail of a chunk over
-    # PIECE: a read-only destination fails there too, and the error reaches the caller, not a checksum.
+@pytest.mark.parametrize("copy", COPIES)
+@pytest.mark.parametrize("sizes", [[STREAM_MIN, STREAM_MIN], [3 * PIECE]])
+def test_a_destination_that_cannot_be_written_raises_and_the_next_call_is_whole(copy, sizes):
+    # The worker copies chunks of a batch other than the first and the tail of a chunk over PIECE: a
+    # read-only destination fails there too, and the error reaches the caller, not a checksum.
     pairs = _pairs(sizes, 3)
     dst, src = pairs[-1]
-    with pytest.raises((TypeError, ValueError), match="read-only"):
-        copy_hash([*pairs[:-1], (memoryview(bytes(len(dst))), src)])
-    assert copy_hash(pairs) == [checksum(s) for _, s in pairs]
+    with pytest.raises((TypeError, ValueError), match="read-only|read-write"):
+        copy([*pairs[:-1], (memoryview(bytes(len(dst))), src)])
+    assert copy(pairs) == [checksum(s) for _, s in pairs]
 
 
-def test_a_forked_child_copies_with_its_own_worker():
+@needs_c
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 63, 64, 127, 128, 129, 255, 4096 + 77])
+@pytest.mark.parametrize("dst_at, src_at", [(0, 0), (1, 0), (0, 5), (17, 3), (31, 31)])
+def test_stream_copy_copies_every_byte_at_any_alignment_and_nothing_around(n, dst_at, src_at):
+    # The stores need a 32-byte aligned destination: the head up to it and the tail under a block
+    # go by memcpy, whatever the offsets and length.
+    rng = np.random.default_rng(n)
+    src = rng.integers(0, 256, size=n + src_at, dtype=np.uint8)
+    region = np.full(n + dst_at + 64, 0xAB, dtype=np.uint8)
+    shm.stream_copy(memoryview(region)[dst_at : dst_at + n], memoryview(src)[src_at:])
+    assert bytes(region[dst_at : dst_at + n]) == bytes(src[src_at:])
+    assert (region[:dst_at] == 0xAB).all() and (region[dst_at + n :] == 0xAB).all()
+
+
+@needs_c
+def test_stream_copy_refuses_what_it_cannot_copy():
+    with pytest.raises(ValueError, match="destination of 3 bytes for a source of 4"):
+        shm.stream_copy(bytearray(3), b"abcd")
+    with pytest.raises(TypeError, match="read-write"):
+        shm.stream_copy(b"abcd", b"abcd")
+    with pytest.raises(TypeError):
+        shm.stream_copy(np.zeros((4, 4), dtype=np.uint8)[:, :2], bytes(8))  # not contiguous
+
+
+@pytest.mark.parametrize("copy", COPIES)
+def test_a_forked_child_copies_with_its_own_worker(copy):
     # vLLM forks its worker processes: one that inherited a started worker must not wait on it forever.
-    copy_hash(_pairs([FUSED, FUSED], 4))  # this process's worker is running now
+    copy(_pairs([STREAM_MIN, STREAM_MIN], 4))  # this process's worker is running now
     pid = os.fork()
     if pid == 0:
         signal.alarm(10)  # a hang ends the child by SIGALRM instead
-        pairs = _pairs([FUSED, FUSED, 2 * PIECE + 1], 5)
-        os._exit(0 if copy_hash(pairs) == [checksum(s) for _, s in pairs] else 1)
+        pairs = _pairs([STREAM_MIN, STREAM_MIN, 2 * PIECE + 1], 5)
+        os._exit(0 if copy(pairs) == [checksum(s) for _, s in pairs] else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status:#x}"
