@@ -46,9 +46,10 @@ from kvbucket.core.record import checksum
 from kvbucket.proto import store_pb2 as pb
 
 try:
+    from kvbucket.clients._streamcopy import STORES as STREAM_STORES  # "avx2", "sse2" or "memcpy"
     from kvbucket.clients._streamcopy import stream_copy
 except ImportError:  # not built (no C compiler where kvbucket was installed): puts copy with numpy
-    stream_copy = None
+    STREAM_STORES, stream_copy = None, None
 
 log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
@@ -142,8 +143,8 @@ class ShmPlane:
     def write_hashed(self, offsets: list[int], raws: list[memoryview], *, worker: bool = True) -> list[int]:
         """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of what was
         copied (`stream_hash`, or `copy_hash` where the C copy is not built). `worker`: stream_hash may
-        hand part to the copy worker (a stream passes False: the daemon is storing its previous chunk
-        on the other core meanwhile)."""
+        hand part of a chunk up to PIECE to the copy worker (a stream passes False: the daemon is
+        storing its previous chunk on the other core meanwhile)."""
         pairs = [(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)]
         return stream_hash(pairs, worker=worker) if stream_copy is not None else copy_hash(pairs)
 
@@ -244,13 +245,14 @@ def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = Tr
     copied from L2; the worker copies the rest meanwhile, non-temporal too, the GIL released: past
     STREAM_HEAD of a lone chunk (STREAM_HEAD_LARGE over PIECE, whose hashing from memory is most of
     this thread's work), and of a batch all chunks but every STREAM_BEHIND-th. A chunk under
-    STREAM_MIN is all done here (a hand-off costs more), and every chunk without `worker`."""
+    STREAM_MIN is all done here (a hand-off costs more), and without `worker` every chunk up to PIECE
+    (over it, the copy outweighs what else runs meanwhile)."""
     plan = []
     for i, (dst, src) in enumerate(pairs):
         if len(dst) != len(src):
             raise ValueError(f"destination of {len(dst)} bytes for a chunk of {len(src)}")
         n = len(src)
-        if n < STREAM_MIN or not worker:
+        if n < STREAM_MIN or (n <= PIECE and not worker):
             plan.append(n)
         elif len(pairs) == 1 or n > PIECE:
             plan.append(int(n * (STREAM_HEAD if n <= PIECE else STREAM_HEAD_LARGE)) // FUSED * FUSED)
