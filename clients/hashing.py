@@ -1,7 +1,7 @@
-"""A worker thread that copies behind the caller: shared-memory gets and puts (clients/shm.py `copy_hash`)
-hand it part of what they copy out of or into the arena, and hash that part themselves once it has
-landed, while they copy and hash the rest (numpy's copy and xxhash both release the GIL, so the two
-run on two cores).
+"""A worker thread that copies behind the caller: shared-memory gets and puts (clients/shm.py `copy_hash`,
+`stream_hash`) hand it part of what they copy out of or into the arena, while they copy and hash the
+rest (numpy's copy, the non-temporal `stream_copy` and xxhash all release the GIL, so the two run on
+two cores).
 Not used by fast-wire gets: there the daemon, sending, already keeps the other core busy, and hashing
 each received piece inline, from cache, measured faster (32 MiB, p50: 13.3–14.4 ms inline, 14.3–15.4
 ms on a worker)."""

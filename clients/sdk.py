@@ -375,8 +375,8 @@ class Client(AdminMixin, _Base):
             return self._put_grpc(items, **opts)
         if offsets is None:
             return self._put_reserved(plane, items, **opts)
-        # Copied in and hashed from the slots as they land; the daemon stores those checksums without
-        # reading the slots again (hashed_in_slot).
+        # Hashed as they are copied in (ShmPlane.write_hashed); the daemon stores those checksums
+        # without reading the slots (hashed_in_slot).
         req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws))
         sent = time.monotonic()
         try:

@@ -6,7 +6,7 @@ match (proof that this is the daemon's arena, not a file of the same name on ano
 of that fails the client uses gRPC streaming for good and logs it once.
 
 Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_hashed` (copy
-in, hashing each slot's bytes as they land: `copy_hash`) -> ShmPut with those checksums
+in with non-temporal stores, hashing each source piece just before: `stream_hash`) -> ShmPut with those checksums
 (hashed_in_slot), which stores the slots without reading them again and refills the pool. When the
 pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
 two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
@@ -420,7 +420,7 @@ def chunk_headers(scope: pb.Scope, items, *, ttl_seconds: float = 0.0, ttl_slidi
 def put_request(att: Attachment, headers: Headers, offsets: list[int], raws: list[memoryview],
                 sums: list[int]) -> pb.ShmPutRequest:
     """The ShmPut that stores chunks written into these pool slots with `sums`, the checksums this
-    client took of the slots as it wrote them (hashed_in_slot: the daemon does not read them again),
+    client took of what it wrote into the slots (hashed_in_slot: the daemon does not read them),
     and asks for as many slots of the same sizes again."""
     req = pb.ShmPutRequest(pool=att.pool.id, offsets=offsets, refill=[len(r) for r in raws],
                            release=att.releases(), hashed_in_slot=True)
