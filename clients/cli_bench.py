@@ -24,6 +24,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kvbucket.clients import shm
 from kvbucket.clients.cli_common import DEFAULT_URL, TokenOpt, UrlOpt, console, err
 
 LOOKUP_KEYS = 128
@@ -72,6 +73,8 @@ def run_bench(kv, chunk: int, count: int, lookups: int, progress: Progress) -> d
         task = progress.add_task("first put + get", total=1)
         t = time.perf_counter()
         result["transport"] = kv.transport()
+        if result["transport"] == "shm":  # how puts copy into the arena (clients/shm.py write_hashed)
+            result["shm_copy"] = shm.put_copy()
         if not (kv.put(first, data[0]) and kv.get_into(first, out)):
             raise RuntimeError("the daemon refused a put, or lost it at once (capacity or quota?)")
         result["first_call_ms"] = (time.perf_counter() - t) * 1e3
@@ -147,6 +150,8 @@ def render(r: dict) -> None:
     console.print(t)
     console.print(f"first put + get, untimed above (connect, attach, stock the slot pool): {r['first_call_ms']:.1f} ms")
     console.print("put stream: p50/p99 between chunks of one put_many (requests pipelined)")
+    if r.get("shm_copy"):
+        console.print(f"shared-memory puts copy with {r['shm_copy']}")
     console.print(f"cleaned up: {r['deleted']} of {2 * r['count'] + 1} keys deleted")
 
 
@@ -177,7 +182,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
             raise typer.Exit(2) from None
         report = {"url": url, "namespace": namespace, "model": MODEL, "chunk_bytes": chunk, "count": count,
-                  "transport": r["transport"], "first_call_ms": r["first_call_ms"],
+                  "transport": r["transport"], "shm_copy": r.get("shm_copy"), "first_call_ms": r["first_call_ms"],
                   "put": asdict(r["put"]), "get": asdict(r["get"]), "put_stream": asdict(r["put_stream"]),
                   "lookup": r["lookup"],
                   "deleted": r["deleted"]}

@@ -234,6 +234,23 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     return sums
 
 
+def put_copy() -> str:
+    """How puts copy into the arena in this process (`kvbucket bench` reports it)."""
+    if stream_copy is None:
+        return "numpy (clients/_streamcopy.c not built)"
+    if STREAM_STORES == "memcpy":
+        return "memcpy (no non-temporal stores on this CPU)"
+    return f"{STREAM_STORES} non-temporal stores"
+
+
+@functools.cache
+def _say_how_puts_copy() -> None:
+    """Once per process, on the first attach: a missing C copy costs puts speed, not correctness."""
+    if stream_copy is None:
+        log.warning("kvbucket: clients/_streamcopy.c is not built (no C compiler where kvbucket was "
+                    "installed?); shared-memory puts copy with numpy, ~1.6x slower per 2 MiB chunk")
+
+
 def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = True) -> list[int]:
     """dst[:] = src for each `(dst, src)` with non-temporal stores (clients/_streamcopy.c); the xxh3_64
     of each source. For a put's slots: the daemon reads them next, not this thread (a get's copy out
@@ -544,6 +561,7 @@ class Attachment:
             try:
                 self.plane = ShmPlane(attach)
                 self.pool = SlotPool(attach.lease_seconds)
+                _say_how_puts_copy()
                 return self.plane
             except (OSError, ValueError) as exc:
                 why = f"cannot map {attach.path}: {exc}"

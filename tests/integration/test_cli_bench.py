@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from kvbucket.clients import shm
+
 from daemon import run_cli, start_daemon
 
 
@@ -69,6 +71,7 @@ def test_bench_over_a_unix_socket_uses_shared_memory_and_times_it_apart_from_att
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert report["transport"] == "shm"
+        assert report["shm_copy"] == shm.put_copy()  # e.g. "avx2 non-temporal stores"
         assert report["put"]["ops"] == report["get"]["ops"] == report["put_stream"]["ops"] == 4
         assert report["deleted"] == 9
         assert _ram_entries(d.url) == 0

@@ -94,15 +94,20 @@ def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
     assert metric(shm_daemon, "kvbucket_shm_leases") == 0
 
 
-def test_puts_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon, monkeypatch):
+def test_puts_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon, monkeypatch, caplog):
     monkeypatch.setattr(shm, "stream_copy", None)  # clients/_streamcopy.c is optional at install
+    shm._say_how_puts_copy.cache_clear()  # said once per process: this one may have said it already
     data = [chunk(i) for i in range(5)]
-    with Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
+    with caplog.at_level(logging.WARNING, logger="kvbucket.clients.shm"), \
+            Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
         assert c.put(b"k0", data[0])
         assert c.put_many([(b"k1", data[1]), (b"k2", data[2])]) == [True, True]
         assert c.put_many((h, d) for h, d in [(b"k3", data[3]), (b"k4", data[4])]) == [True, True]
         assert [bytes(g) for g in c.get_many([b"k%d" % i for i in range(5)])] == data
     assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 0
+    assert [r.message for r in caplog.records if "_streamcopy.c is not built" in r.message] != []
+    assert shm.put_copy() == "numpy (clients/_streamcopy.c not built)"
+    shm._say_how_puts_copy.cache_clear()
 
 
 def test_entry_put_over_grpc_lands_in_the_arena_and_is_served_without_a_copy(shm_daemon):
