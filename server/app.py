@@ -21,6 +21,7 @@ from kvbucket.server.admin import AdminService
 from kvbucket.server.auth import Authenticator
 from kvbucket.server.clock import Clock
 from kvbucket.server.fastwire import FastWireServer
+from kvbucket.server.gcfreeze import FullCollections
 from kvbucket.server.metrics import Metrics
 from kvbucket.server.owner import CacheOwner
 from kvbucket.server.service import KVBucketService, Limits
@@ -82,6 +83,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.gc = FullCollections(self.metrics.registry, freeze=settings.gc_freeze)
         self.auth = Authenticator.from_file(settings.auth.tokens_file, settings.default_namespace)
         self.clock = Clock()
         self.store = TieredStore(
@@ -110,6 +112,7 @@ class Daemon:
             if opener is not None:
                 await opener()
         await self.store.start()
+        self.gc.install()  # after the indexes are loaded: the first full collection freezes them
         await self.owner.start()
         self.metrics.watch_tiers(self.store.stats)
         self.metrics.registry.register(self.owner.usage)
@@ -258,6 +261,7 @@ class Daemon:
         await self.store.close()
         if self.shm is not None:
             self.shm.close()
+        self.gc.uninstall()
 
     async def wait(self) -> None:
         assert self.server is not None

@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     max_chunk_bytes: ByteSize = ByteSize(256 << 20)
     log_level: str = "INFO"
     ready_file: Path | None = None
+    gc_freeze: bool = True  # freeze what survives each full garbage collection (server/gcfreeze.py)
 
     ram: RamSettings = Field(default_factory=RamSettings)
     nvme: NvmeSettings = Field(default_factory=NvmeSettings)
