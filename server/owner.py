@@ -24,6 +24,7 @@ from kvbucket.server.ttl import Expiry, held
 from kvbucket.server.usage import Usage, census
 
 log = logging.getLogger(__name__)
+CENSUS_DUTY = 20  # a census starts at least 20x its last duration after that one started (<= 5%)
 
 
 class CacheOwner(StoreHooks):
@@ -39,6 +40,7 @@ class CacheOwner(StoreHooks):
                            max_label_pairs)
         self.sweep_seconds = sweep_seconds
         self.census_seconds = census_seconds
+        self.census_took = 0.0  # seconds, the last census
         self.hydrate_count = hydrate
         self._task: asyncio.Task | None = None
         self._side: set[asyncio.Task] = set()
@@ -61,7 +63,7 @@ class CacheOwner(StoreHooks):
 
     async def start(self) -> None:
         await self.expiry.seed()
-        await self.recount()
+        await self._census()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="cache-owner")
         if self.hydrate_count > 0:
             self._spawn(self.hydrate(self.hydrate_count))
@@ -89,9 +91,11 @@ class CacheOwner(StoreHooks):
                 if expired or unpinned:
                     log.debug("sweep: %d expired, %d pin leases ended", expired, unpinned)
                 self.apply_reset_markers()
-                if time.monotonic() - last_census >= self.census_seconds:
+                # Every census_seconds, or less often when a census itself is long (a large index):
+                # it takes at most 1/CENSUS_DUTY of the event loop's time.
+                if time.monotonic() - last_census >= max(self.census_seconds, CENSUS_DUTY * self.census_took):
                     last_census = time.monotonic()
-                    await self.recount()
+                    await self._census()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop outlives one bad round
@@ -104,6 +108,11 @@ class CacheOwner(StoreHooks):
         for namespace, model, at in s3.take_resets():
             self._side.add(task := drop_local(self.store, namespace, model, at))
             task.add_done_callback(self._side.discard)
+
+    async def _census(self) -> None:
+        t = time.monotonic()
+        await self.recount()
+        self.census_took = time.monotonic() - t
 
     async def recount(self) -> None:
         """A census: quotas start again from exact numbers, usage integrates token-hours."""

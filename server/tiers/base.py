@@ -103,6 +103,12 @@ class Tier(abc.ABC):
     def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
         """Entries whose `key.to_bytes()` starts with `prefix`, in key order."""
 
+    async def metas(self) -> AsyncIterator[EntryMeta]:
+        """Every entry, in no particular order (a census): an index of millions is not sorted first.
+        One added while the caller awaits may be missed, one removed meanwhile is not yielded."""
+        async for meta in self.scan():
+            yield meta
+
     @abc.abstractmethod
     def stats(self) -> TierStats: ...
 

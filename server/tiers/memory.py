@@ -141,6 +141,12 @@ class MemoryTier(Tier):
             if entry is not None:
                 yield entry.meta  # the index's own object, as from meta()
 
+    async def metas(self) -> AsyncIterator[EntryMeta]:
+        entries = self._entries
+        for kb, entry in list(entries.items()):
+            if entries.get(kb) is entry:  # not removed or replaced while the caller awaited
+                yield entry.meta
+
     # writes
 
     async def put(self, key: EntryKey, record: Record, meta: EntryMeta) -> list[Evicted]:

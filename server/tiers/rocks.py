@@ -513,6 +513,12 @@ class RocksTier(Tier):
             if kb.startswith(prefix) and (slot := self._index.get(k)) is not None:
                 yield slot.meta
 
+    async def metas(self) -> AsyncIterator[EntryMeta]:
+        index = self._index
+        for k, slot in list(index.items()):
+            if index.get(k) is slot:  # not removed or replaced while the caller awaited
+                yield slot.meta
+
     def stats(self) -> TierStats:
         s = self._stats
         s.entries, s.bytes = len(self._index), self._used

@@ -1,7 +1,9 @@
-"""server/owner.py: the hooks' order on a put, the census feeding quotas and usage, hydrate's choice,
-reset markers from another daemon, and counters saved at stop."""
+"""server/owner.py: the hooks' order on a put, the census feeding quotas and usage (and how often it
+runs), hydrate's choice, reset markers from another daemon, and counters saved at stop."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -92,3 +94,23 @@ async def test_reset_markers_from_another_daemon_drop_local_copies(tmp_path, s3_
         assert [n for n in "xy" if b.held(n)] == []
         assert b.held("z", ns="other") == ["ram", "nvme", "s3"]
         assert b.store.locate(key("x")) is None
+
+
+async def test_a_long_census_runs_less_often(tmp_path, monkeypatch):
+    # A census walks every index: at a million entries it takes seconds of the event loop, so the
+    # next one waits CENSUS_DUTY times as long as the last took, whatever census_seconds says.
+    async with World.open(tmp_path, sweep_seconds=0.01, census_seconds=0.01) as w:
+        calls = []
+
+        async def slow_recount():
+            calls.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.05)  # 20 x 0.05 s: the next census no sooner than 1 s after this one
+
+        monkeypatch.setattr(w.owner, "recount", slow_recount)
+        await w.owner.start()  # the first census
+        try:
+            assert len(calls) == 1 and w.owner.census_took >= 0.05
+            await asyncio.sleep(0.5)  # ~40 sweeps, each past census_seconds
+            assert len(calls) == 1
+        finally:
+            await w.owner.stop()
