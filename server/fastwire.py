@@ -29,6 +29,7 @@ from kvbucket.server.shm import ShmService
 log = logging.getLogger(__name__)
 
 DRAIN = 1 << 20
+YIELD_EVERY = 16  # requests one connection serves before letting the event loop run others
 
 
 class _Abort(Exception):
@@ -185,6 +186,7 @@ class FastWireServer:
     async def _serve(self, conn: _Conn) -> None:
         try:
             ctx = await self._hello(conn)
+            served = 0
             while ctx is not None:
                 head = await conn.head()
                 if head is None:
@@ -192,6 +194,11 @@ class FastWireServer:
                 n, method = head
                 body = await conn.body(n)
                 await self._dispatch(conn, ctx, method, body)
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    # A receive that finds its bytes waiting returns without suspending: a client
+                    # pipelining requests would otherwise hold the loop from every other one.
+                    await asyncio.sleep(0)
         except (_Closed, ConnectionError, OSError):
             pass
         except Exception:  # a bug: say so, and drop the connection (the client retries the call by gRPC)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -290,3 +293,32 @@ def test_pipelined_puts_go_on_by_grpc_when_the_daemon_restarts_midway(tmp_path):
     finally:
         c.close()
         d.stop()
+
+
+def test_a_pipelining_connection_does_not_hold_the_daemon_from_another(daemon):
+    # Requests waiting in a socket are read without the event loop running anything else: the
+    # daemon lets other connections in every few requests, so one client's backlog is not everyone's.
+    port = daemon.info["fast_port"]
+    busy, other = Raw(port), Raw(port)
+    try:
+        assert busy.reply() == (0, b"") and other.reply() == (0, b"")
+        n = 20_000
+        one = frame(Method.EXISTS, pb.ExistsRequest(scope=SCOPE, hashes=[b"x" * 16]).SerializeToString())
+        blast = threading.Thread(target=busy.sock.sendall, args=(one * n,))
+        blast.start()
+        time.sleep(0.05)  # the backlog is being served
+        other.send(Method.EXISTS, pb.ExistsRequest(scope=SCOPE, hashes=[b"y" * 16]).SerializeToString())
+        assert other.reply()[0] == 0
+        busy.sock.setblocking(False)
+        answered = 0
+        with contextlib.suppress(BlockingIOError):
+            while chunk := busy.sock.recv(1 << 20):
+                answered += len(chunk)
+        busy.sock.setblocking(True)
+        per_reply = len(frame(0, pb.ExistsResponse(present=[False]).SerializeToString()))
+        busy.read(n * per_reply - answered)  # the rest, so the blast can finish
+        blast.join()
+        assert answered < n * per_reply // 2  # the other one was answered long before the backlog drained
+    finally:
+        busy.close()
+        other.close()
