@@ -256,7 +256,8 @@ def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = Tr
     of each source. For a put's slots: the daemon reads them next, not this thread (a get's copy out
     stays `copy_hash`, which hashes what landed). The stores skip reading each destination line in
     first, the larger part of an ordinary copy into a slot no recent put wrote (benchmarks/bench_copy.py).
-    A source changed under the copy leaves a slot that fails its checksum at every reader: never served.
+    Source bytes changed between their hash and their copy leave a slot that fails its checksum at
+    every reader, never served (a source must not change during a put, with either copy).
 
     This thread hashes every source and copies part, FUSED bytes at a time, each piece hashed then
     copied from L2; the worker copies the rest meanwhile, non-temporal too, the GIL released: past

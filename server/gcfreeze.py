@@ -9,13 +9,14 @@ objects are in reference cycles, so the walk finds nothing.
 `FullCollections.install()` adds a `gc` callback that, when a full collection ends, moves everything
 that survived it into the permanent generation (`gc.freeze`). The next full collection walks only
 what was allocated since, so its pause is bounded by how much the index grew between two of them
-(51.6 ms at most while filling to a million entries, against 1.46 s). Every full collection's pause
+(~50 ms at most while filling to a million entries, against 1.46 s). Every full collection's pause
 is also timed for `kvbucket_gc_full_collection_seconds`, frozen or not.
 
 What it gives up: an object frozen while alive that is later dropped inside a reference cycle is never
 reclaimed (dropped without a cycle, reference counting frees it as always). What lives that long in
-the daemon is the index, the tiers, the servers and open connections; a closed connection's few
-objects are what such a leak would amount to. `settings.gc_freeze = false` turns the freezing off.
+the daemon is the index, the tiers, the servers and open connections. Measured: 4,000 clients each
+connecting, calling over gRPC and the fast wire and closing, against a daemon holding 200k entries,
+left its RSS at 359 -> 365 MiB with freezing and without alike. `gc_freeze = false` turns it off.
 """
 
 from __future__ import annotations

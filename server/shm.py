@@ -20,10 +20,11 @@ released expires after `lease_seconds` and drops its references.
 Checksums: a client gives each chunk's xxh3 and the daemon verifies it (DATA_LOSS on a mismatch), or
 sets `daemon_checksums` and the daemon stores its own, or -- ShmPut's `hashed_in_slot`, what the SDK
 does -- gives the xxh3 of the bytes it wrote into the slot, stored without the daemon reading the slot.
-A slot whose bytes differ from the stored checksum (a source changed under the client's copy, a byte
-changed afterwards) fails every reader's check. When the daemon reads, over the fast wire the writer may announce the
-pieces it has copied (ShmWritten, one-way) and a single worker thread hashes each while the next is
-copied, so a commit waits only for the last piece (`written`, `_digests`).
+A slot whose bytes differ from the stored checksum (source bytes changed between the client's hash
+and copy, a byte changed afterwards) fails every reader's check. When the daemon reads, over the fast
+wire the writer may announce the pieces it has copied (ShmWritten, one-way) and a single worker
+thread hashes each while the next is copied, so a commit waits only for the last piece (`written`,
+`_digests`).
 
 The servicer reuses the data-plane validation of server/service.py and the store's read path, so
 scopes, auth, hits, misses and metrics behave as with Put/Get.
