@@ -105,6 +105,7 @@ class S3Tier(Tier):
         self._refresh_s, self._timeout_s, self._attempts = manifest_refresh_s, timeout_s, max_attempts
         self._create_bucket, self._page_size = create_bucket, list_page_size
         self._manifest: dict[EntryKey, EntryMeta] = {}
+        self._bytes = 0  # sum of the manifest's stored_bytes, kept as it changes (stats() is scraped)
         self._dirty: dict[EntryKey, EntryMeta | None] | None = None  # local changes during a listing
         self._unheaded: set[EntryKey] = set()
         self._seen_markers: set[str] = set()
@@ -222,6 +223,7 @@ class S3Tier(Tier):
                 listed[key] = meta
         self._dirty = None
         self._manifest = listed
+        self._bytes = sum(m.stored_bytes for m in listed.values())  # once per listing, itself O(n)
         self._unheaded = {k for k, m in listed.items() if m.tokens == 0}
         self._extra["refreshes"] += 1
         self._last_refresh = self._clock()
@@ -243,15 +245,16 @@ class S3Tier(Tier):
             if cur is not None and cur.tokens == 0:
                 new = _meta_from_user(key, resp["ContentLength"], cur.created, resp.get("Metadata", {}))
                 self._manifest[key] = new.copy(pinned=cur.pinned, expires_at=cur.expires_at or new.expires_at)
+                self._bytes += new.stored_bytes - cur.stored_bytes
             self._unheaded.discard(key)
 
         await asyncio.gather(*(head(k) for k in list(self._unheaded)[:_HEADS_PER_REFRESH]))
 
     def _set(self, key: EntryKey, meta: EntryMeta | None) -> None:
-        if meta is None:
-            self._manifest.pop(key, None)
-        else:
+        old = self._manifest.pop(key, None) if meta is None else self._manifest.get(key)
+        if meta is not None:
             self._manifest[key] = meta
+        self._bytes += (meta.stored_bytes if meta is not None else 0) - (old.stored_bytes if old is not None else 0)
         if self._dirty is not None:
             self._dirty[key] = meta
 
@@ -424,7 +427,7 @@ class S3Tier(Tier):
     def stats(self) -> TierStats:
         s = self._stats
         s.entries = len(self._manifest)
-        s.bytes = sum(m.stored_bytes for m in self._manifest.values())
+        s.bytes = self._bytes
         s.extra = {k: float(v) for k, v in self._extra.items()}
         s.extra["manifest_age_s"] = self._clock() - self._last_refresh if self._last_refresh else -1.0
         return s

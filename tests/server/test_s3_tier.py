@@ -85,6 +85,32 @@ async def test_second_daemon_sees_first_daemons_chunk_after_refresh(s3_server, s
         await b.close()
 
 
+async def test_bytes_held_follow_listings_heads_and_writes(s3_server, s3_bucket):
+    # stats().bytes is a running total (a metrics scrape must not sum a manifest of millions): it
+    # must match the manifest after a listing brings another daemon's objects, their HEADs, and writes.
+    a = await s3tier(s3_server, s3_bucket).open()
+    b = await s3tier(s3_server, s3_bucket).open()
+
+    async def held(t) -> int:
+        return sum([m.stored_bytes async for m in t.metas()])
+
+    try:
+        for i, n in enumerate((1024, 4096, 8192)):
+            key = make_key(30 + i)
+            await a.put(key, *make_entry(key, n, seed=i)[:2])
+        own = make_key(40)
+        await b.put(own, *make_entry(own, 2048)[:2])
+        assert b.stats().bytes == await held(b)
+        assert await b.refresh()
+        assert b.stats().entries == 4 and b.stats().bytes == await held(b)
+        await b.delete(make_key(31))
+        await b.put(own, *make_entry(own, 512, seed=9)[:2])  # replaced by a smaller one
+        assert b.stats().entries == 3 and b.stats().bytes == await held(b)
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_background_refresh_picks_up_other_writers(s3_server, s3_bucket):
     a = await s3tier(s3_server, s3_bucket).open()
     b = await s3tier(s3_server, s3_bucket, manifest_refresh_s=0.1).open()
