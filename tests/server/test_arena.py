@@ -50,6 +50,7 @@ def test_random_alloc_free_never_overlaps_and_frees_everything(ops):
         else:
             e.free(live.popitem()[0])
         assert e.free_bytes == 32 * PAGE - sum(live.values())  # the running count matches
+        assert e.used_bytes == sum(live.values()) and e.slots == len(live)
     for off in list(live):
         e.free(off)
     assert e.used_bytes == 0 and e.largest_free == 32 * PAGE
