@@ -16,16 +16,38 @@ from kvbucket.core.record import Record, RecordHeader
 from kvbucket.server.arena import PAGE, Arena, Extents, round_up
 
 
-def test_first_fit_splits_and_coalesces_both_sides():
+def _check(e: Extents) -> None:
+    """Both views of the free extents agree; none overlap or touch (they would have merged)."""
+    assert e._by_size == sorted((e._len[s], s) for s in e._starts)
+    assert sorted(e._len) == e._starts
+    assert all(a + e._len[a] < b for a, b in zip(e._starts, e._starts[1:]))
+
+
+def test_splits_and_coalesces_both_sides():
     e = Extents(0, 10 * PAGE)
     a, b, c, d = e.alloc(PAGE), e.alloc(2 * PAGE), e.alloc(PAGE), e.alloc(PAGE)
     assert (a, b, c, d) == (0, PAGE, 3 * PAGE, 4 * PAGE)
     e.free(a)
     e.free(c)
-    assert e.alloc(3 * PAGE) == 5 * PAGE  # neither one-page hole fits: first fit past them
+    assert e.alloc(3 * PAGE) == 5 * PAGE  # neither one-page hole fits
     e.free(b)  # merges with a and c: one hole of 4 pages at 0
     assert e.largest_free == 4 * PAGE
     assert e.alloc(4 * PAGE) == 0
+    _check(e)
+
+
+def test_the_smallest_hole_that_fits_is_taken_lowest_first():
+    e = Extents(0, 12 * PAGE)
+    offs = [e.alloc(PAGE) for _ in range(12)]
+    for i in (1, 2, 3, 5, 6, 8, 9, 11):  # holes: 3 pages at 1, 2 at 5, 2 at 8, 1 at 11
+        e.free(offs[i])
+    _check(e)
+    assert e.alloc(2 * PAGE) == 5 * PAGE  # first fit would split the 3-page hole at 1
+    assert e.alloc(2 * PAGE) == 8 * PAGE
+    assert e.alloc(PAGE) == 11 * PAGE
+    assert e.alloc(PAGE) == PAGE  # only the 3-page hole is left: split from its start
+    assert e.largest_free == 2 * PAGE
+    _check(e)
 
 
 def test_sizes_round_up_to_pages_and_full_is_none():
@@ -51,6 +73,7 @@ def test_random_alloc_free_never_overlaps_and_frees_everything(ops):
             e.free(live.popitem()[0])
         assert e.free_bytes == 32 * PAGE - sum(live.values())  # the running count matches
         assert e.used_bytes == sum(live.values()) and e.slots == len(live)
+        _check(e)
     for off in list(live):
         e.free(off)
     assert e.used_bytes == 0 and e.largest_free == 32 * PAGE
