@@ -3,7 +3,8 @@
 Starts a `kvbucket serve` process (RAM tier) and puts tiny uint8 (64,) chunks with `put_many` of
 5,000 over the fast wire, up to `--entries`. At each tenth of the way it reports the fill rate, the
 slowest `put_many` of that tenth (a stall of the daemon shows there first), 300 single puts' p50 / p99
-/ max and 300 lookups of 128 keys' p99, and, from the daemon's metrics, its full garbage collections
+/ max, 300 lookups of 128 keys' p99, the slowest of three `ListEntries` pages of 100 (what
+`kvbucket ls` asks for), and, from the daemon's metrics, its full garbage collections
 so far: how many, their total pause and the largest pause's histogram bucket
 (`kvbucket_gc_full_collection_seconds`). `--no-gc-freeze` runs the daemon with `gc_freeze = false`
 (server/gcfreeze.py) for the comparison.
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             step = max(BATCH, args.entries // 10 // BATCH * BATCH)
             print(f"gc_freeze {'off' if args.no_gc_freeze else 'on'}; {args.entries:,} entries, put_many of {BATCH:,}")
             print(f"{'entries':>10} {'puts/s':>8} {'slowest put_many s':>19} {'put p50/p99/max ms':>20} "
-                  f"{'lookup p99 ms':>14} {'full GCs':>9} {'GC s':>6} {'largest GC <= s':>16}")
+                  f"{'lookup p99 ms':>14} {'ls page ms':>11} {'full GCs':>9} {'GC s':>6} {'largest GC <= s':>16}")
             n = 0
             while n < args.entries:
                 target = min(n + step, args.entries)
@@ -94,15 +95,21 @@ def main(argv: list[str] | None = None) -> int:
                     t1 = time.perf_counter()
                     kv.lookup(present)
                     lookups.append(time.perf_counter() - t1)
+                pages = []
+                for _ in range(3):
+                    t1 = time.perf_counter()
+                    kv.list_page(page_size=100)
+                    pages.append(time.perf_counter() - t1)
                 gcs, gc_s, largest = gc_pauses(d.metrics_url)
                 row = {"entries": n, "puts_per_s": rate, "slowest_put_many_s": slowest,
                        "put_ms": [float(np.percentile(puts, q)) * 1e3 for q in (50, 99, 100)],
-                       "lookup_p99_ms": float(np.percentile(lookups, 99)) * 1e3,
+                       "lookup_p99_ms": float(np.percentile(lookups, 99)) * 1e3, "list_page_ms": max(pages) * 1e3,
                        "full_gcs": gcs, "gc_seconds": gc_s, "largest_gc_le_s": largest}
                 rows.append(row)
                 p = row["put_ms"]
                 print(f"{n:>10,} {rate:>8.0f} {slowest:>19.2f} {p[0]:>6.2f}/{p[1]:>5.2f}/{p[2]:>6.1f} "
-                      f"{row['lookup_p99_ms']:>14.2f} {gcs:>9} {gc_s:>6.2f} {largest:>16g}", flush=True)
+                      f"{row['lookup_p99_ms']:>14.2f} {row['list_page_ms']:>11.1f} {gcs:>9} {gc_s:>6.2f} "
+                      f"{largest:>16g}", flush=True)
             kv.close()
         finally:
             d.stop()

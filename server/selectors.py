@@ -130,8 +130,6 @@ def from_proto(msg: apb.Selector, auth: Authenticator, caller: Caller) -> Select
 async def select(store: TieredStore, sel: Selector, now: float,
                  after: bytes = b"") -> AsyncIterator[tuple[EntryMeta, list[str]]]:
     """Matching entries in key order (after `after`), each once, with the tiers holding it."""
-    async for meta, tiers in store.entries(sel.prefix()):
-        if after and meta.key.to_bytes() <= after:
-            continue
+    async for meta, tiers in store.entries(sel.prefix(), after):
         if sel.matches(meta, tiers, now):
             yield meta, tiers

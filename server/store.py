@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -329,18 +330,32 @@ class TieredStore:
     def stats(self) -> dict[str, object]:
         return {t.name: t.stats() for t in self.tiers}
 
-    async def entries(self, prefix: bytes = b"") -> AsyncIterator[tuple[EntryMeta, list[str]]]:
-        """Every entry under `prefix` once, with the tiers that hold it, in key order."""
-        merged: dict[bytes, tuple[EntryMeta, list[str]]] = {}
-        for t in self.tiers:
-            async for m in t.scan(prefix):
-                kb = m.key.to_bytes()
-                if kb in merged:
-                    merged[kb][1].append(t.name)
-                else:
-                    merged[kb] = (m, [t.name])
-        for kb in sorted(merged):
-            yield merged[kb]
+    async def entries(self, prefix: bytes = b"", after: bytes = b"") -> AsyncIterator[tuple[EntryMeta, list[str]]]:
+        """Every entry under `prefix` that sorts after `after` once, in key order, with the tiers that
+        hold it (fastest first; the meta is the fastest one's): the tiers' ordered scans merged as
+        they are read, so a page of a listing reads about a page, whatever the index holds."""
+        scans = [t.scan(prefix, after) for t in self.tiers]
+        heap: list[tuple[bytes, int, EntryMeta]] = []
+
+        async def advance(i: int) -> None:
+            meta = await anext(scans[i], None)
+            if meta is not None:
+                heapq.heappush(heap, (meta.key.to_bytes(), i, meta))
+
+        try:
+            for i in range(len(scans)):
+                await advance(i)
+            while heap:
+                kb, i, meta = heapq.heappop(heap)
+                held = [i]
+                while heap and heap[0][0] == kb:  # the same entry in slower tiers
+                    held.append(heapq.heappop(heap)[1])
+                yield meta, [self.tiers[j].name for j in held]
+                for j in held:
+                    await advance(j)
+        finally:
+            for scan in scans:
+                await scan.aclose()
 
 
 def _verified_raw(rec: Record, out: memoryview | None = None) -> Record:

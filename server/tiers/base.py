@@ -9,9 +9,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import operator
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import ClassVar
+
+from sortedcontainers import SortedList
 
 from kvbucket.core.codecs import Codec
 from kvbucket.core.keys import EntryKey
@@ -100,8 +103,11 @@ class Tier(abc.ABC):
         return [self.meta(k) is not None for k in keys]
 
     @abc.abstractmethod
-    def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
-        """Entries whose `key.to_bytes()` starts with `prefix`, in key order."""
+    def scan(self, prefix: bytes = b"", after: bytes = b"") -> AsyncIterator[EntryMeta]:
+        """Entries whose `key.to_bytes()` starts with `prefix` and sorts after `after`, in key order,
+        read from an index kept in order (`scan_ordered`): a page of a million entries costs a page.
+        Between yields the index may change: an entry added meanwhile may be missed, one removed is
+        not yielded."""
 
     async def metas(self) -> AsyncIterator[EntryMeta]:
         """Every entry, in no particular order (a census): an index of millions is not sorted first.
@@ -126,3 +132,26 @@ class Tier(abc.ABC):
 
     async def close(self) -> None:
         return None
+
+
+SCAN_BATCH = 256  # keys taken from the ordered index at a time; the index may change between batches
+
+
+async def scan_ordered(order: SortedList, prefix: bytes, after: bytes,
+                       meta_of: Callable[[bytes], EntryMeta | None]) -> AsyncIterator[EntryMeta]:
+    """`Tier.scan` over `order`, the tier's key bytes kept sorted as entries come and go (a
+    sortedcontainers SortedList: O(log n) to add or remove). Reads SCAN_BATCH keys at a time from
+    where the last batch ended, so an index changing while the caller awaits is never iterated
+    under a change; `meta_of(key bytes)` is None for a key gone meanwhile."""
+    low, inclusive = (after, False) if after >= prefix else (prefix, True)
+    while True:
+        batch = list(islice(order.irange(minimum=low, inclusive=(inclusive, True)), SCAN_BATCH))
+        for kb in batch:
+            if not kb.startswith(prefix):
+                return
+            meta = meta_of(kb)
+            if meta is not None:
+                yield meta
+        if len(batch) < SCAN_BATCH:
+            return
+        low, inclusive = batch[-1], False

@@ -24,12 +24,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sortedcontainers import SortedList
+
 from kvbucket.core.buffers import BufferPool
 from kvbucket.core.errors import InvalidArgument, ResourceExhausted
 from kvbucket.core.keys import EntryKey
 from kvbucket.core.record import Record
 from kvbucket.server.policies import make_policy
-from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
+from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats, scan_ordered
 
 
 class Listener(Protocol):
@@ -74,6 +76,7 @@ class MemoryTier(Tier):
         self._clock = clock
         self._policy = make_policy(policy, capacity_bytes)
         self._entries: dict[bytes, _Entry] = {}
+        self._order = SortedList()  # the keys of _entries, sorted (scan)
         self._bytes = 0
         self.listener: Listener | None = None
         self._hits = self._misses = self._evictions = self._readers = 0
@@ -135,11 +138,12 @@ class MemoryTier(Tier):
         entry = self._entries.get(key.to_bytes())
         return entry.meta if entry else None  # the index's own object (Lookup is hot): do not mutate
 
-    async def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
-        for kb in sorted(k for k in self._entries if k.startswith(prefix)):
-            entry = self._entries.get(kb)  # the dict may change while the caller awaits
-            if entry is not None:
-                yield entry.meta  # the index's own object, as from meta()
+    def scan(self, prefix: bytes = b"", after: bytes = b"") -> AsyncIterator[EntryMeta]:
+        return scan_ordered(self._order, prefix, after, self._meta_of)
+
+    def _meta_of(self, kb: bytes) -> EntryMeta | None:
+        entry = self._entries.get(kb)
+        return entry.meta if entry is not None else None  # the index's own object, as from meta()
 
     async def metas(self) -> AsyncIterator[EntryMeta]:
         entries = self._entries
@@ -171,6 +175,8 @@ class MemoryTier(Tier):
             dtype=h.dtype, shape=h.shape, created=meta.created or now, last_access=meta.last_access or now,
         )
         self._entries[kb] = _Entry(record, new_meta)
+        if old is None:
+            self._order.add(kb)
         self._bytes += size
         self._policy.insert(kb, size)
         if self.listener is not None:
@@ -203,6 +209,7 @@ class MemoryTier(Tier):
 
     def _evict(self, kb: bytes) -> Evicted:
         entry = self._entries.pop(kb)
+        self._order.remove(kb)
         if self.listener is not None:
             self.listener.dropped(kb)
         self._bytes -= entry.size
@@ -214,6 +221,7 @@ class MemoryTier(Tier):
         entry = self._entries.pop(kb, None)
         if entry is None:
             return False
+        self._order.remove(kb)
         if self.listener is not None:
             self.listener.dropped(kb)
         self._policy.remove(kb)
@@ -288,4 +296,5 @@ class MemoryTier(Tier):
                 self.listener.dropped(kb)
             self._policy.remove(kb)
             self._retire(self._entries.pop(kb))
+        self._order.clear()
         self._bytes = 0

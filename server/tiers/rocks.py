@@ -39,12 +39,14 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
+from sortedcontainers import SortedList
+
 from kvbucket.core.codecs import Codec
 from kvbucket.core.errors import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 from kvbucket.core.keys import _SEP, EntryKey, check_hash
 from kvbucket.core.record import Record, RecordHeader, decode_header, decode_record
 from kvbucket.server.policies import make_policy
-from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
+from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats, scan_ordered
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ class RocksTier(Tier):
         self._executor = executor or ThreadPoolExecutor(4, thread_name_prefix="kvbucket-rocks")
         self._index: dict[EntryKey, _Slot] = {}
         self._by_bytes: dict[bytes, EntryKey] = {}  # the policy's keys back to entry keys
+        self._order = SortedList()  # the keys of _by_bytes, sorted (scan)
         self._readers: Counter[EntryKey] = Counter()
         self._locks: dict[EntryKey, list] = {}  # key -> [Lock, users]
         self._pending: set[asyncio.Task] = set()
@@ -256,8 +259,9 @@ class RocksTier(Tier):
             except Exception:  # a meta row we cannot parse names nothing we can serve
                 bad.append(mk)
         rows.sort(key=lambda r: r[1].last_access)
+        self._order.update(r[0] for r in rows)  # one sort, not an insertion per row
         for kb, meta, length, nparts in rows:
-            self._insert(_Slot(meta, length, nparts), kb)
+            self._insert(_Slot(meta, length, nparts), kb, ordered=True)
         for mk in bad:
             self._db.delete(mk)
         self._extra["corrupt"] += len(bad)
@@ -292,16 +296,20 @@ class RocksTier(Tier):
         slot = self._index.pop(key, None)
         if slot is not None:
             kb = key.to_bytes()
-            self._by_bytes.pop(kb, None)
+            if self._by_bytes.pop(kb, None) is not None:
+                self._order.remove(kb)
             if not evicted:  # the policy already let go of its victims
                 self._policy.remove(kb)
             self._used -= slot.length
         return slot
 
-    def _insert(self, slot: _Slot, kb: bytes | None = None) -> None:
+    def _insert(self, slot: _Slot, kb: bytes | None = None, ordered: bool = False) -> None:
+        """Index `slot`; `ordered`: its key bytes are in `_order` already (a rebuild adds them at once)."""
         key = slot.meta.key
         kb = kb or key.to_bytes()
         self._index[key] = slot
+        if not ordered and kb not in self._by_bytes:
+            self._order.add(kb)
         self._by_bytes[kb] = key
         self._policy.insert(kb, slot.length)
         self._used += slot.length
@@ -507,11 +515,13 @@ class RocksTier(Tier):
         slot = self._index.get(key)
         return slot.meta if slot else None
 
-    async def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
-        keyed = sorted((k.to_bytes(), k) for k in self._index)
-        for kb, k in keyed:
-            if kb.startswith(prefix) and (slot := self._index.get(k)) is not None:
-                yield slot.meta
+    def scan(self, prefix: bytes = b"", after: bytes = b"") -> AsyncIterator[EntryMeta]:
+        return scan_ordered(self._order, prefix, after, self._meta_of)
+
+    def _meta_of(self, kb: bytes) -> EntryMeta | None:
+        key = self._by_bytes.get(kb)
+        slot = self._index.get(key) if key is not None else None
+        return slot.meta if slot is not None else None
 
     async def metas(self) -> AsyncIterator[EntryMeta]:
         index = self._index

@@ -28,11 +28,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import ClassVar
 from urllib.parse import quote, unquote
 
+from sortedcontainers import SortedList
+
 from kvbucket.core.codecs import Codec
 from kvbucket.core.errors import DataLoss, InvalidArgument, Unavailable
 from kvbucket.core.keys import EntryKey
 from kvbucket.core.record import Record, decode_record, recode
-from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats
+from kvbucket.server.tiers.base import EntryMeta, Evicted, Tier, TierStats, scan_ordered
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class S3Tier(Tier):
         self._refresh_s, self._timeout_s, self._attempts = manifest_refresh_s, timeout_s, max_attempts
         self._create_bucket, self._page_size = create_bucket, list_page_size
         self._manifest: dict[EntryKey, EntryMeta] = {}
+        self._order = SortedList()  # the manifest's key bytes, sorted (scan)
+        self._by_bytes: dict[bytes, EntryKey] = {}
         self._bytes = 0  # sum of the manifest's stored_bytes, kept as it changes (stats() is scraped)
         self._dirty: dict[EntryKey, EntryMeta | None] | None = None  # local changes during a listing
         self._unheaded: set[EntryKey] = set()
@@ -224,6 +228,8 @@ class S3Tier(Tier):
         self._dirty = None
         self._manifest = listed
         self._bytes = sum(m.stored_bytes for m in listed.values())  # once per listing, itself O(n)
+        self._by_bytes = {k.to_bytes(): k for k in listed}
+        self._order = SortedList(self._by_bytes)
         self._unheaded = {k for k, m in listed.items() if m.tokens == 0}
         self._extra["refreshes"] += 1
         self._last_refresh = self._clock()
@@ -254,6 +260,14 @@ class S3Tier(Tier):
         old = self._manifest.pop(key, None) if meta is None else self._manifest.get(key)
         if meta is not None:
             self._manifest[key] = meta
+        if (old is None) != (meta is None):  # added or removed: the order changes
+            kb = key.to_bytes()
+            if meta is None:
+                self._order.remove(kb)
+                del self._by_bytes[kb]
+            else:
+                self._order.add(kb)
+                self._by_bytes[kb] = key
         self._bytes += (meta.stored_bytes if meta is not None else 0) - (old.stored_bytes if old is not None else 0)
         if self._dirty is not None:
             self._dirty[key] = meta
@@ -413,10 +427,12 @@ class S3Tier(Tier):
     def meta(self, key: EntryKey) -> EntryMeta | None:
         return self._manifest.get(key)
 
-    async def scan(self, prefix: bytes = b"") -> AsyncIterator[EntryMeta]:
-        for kb, key in sorted((k.to_bytes(), k) for k in self._manifest):
-            if kb.startswith(prefix) and (m := self._manifest.get(key)) is not None:
-                yield m
+    def scan(self, prefix: bytes = b"", after: bytes = b"") -> AsyncIterator[EntryMeta]:
+        return scan_ordered(self._order, prefix, after, self._meta_of)
+
+    def _meta_of(self, kb: bytes) -> EntryMeta | None:
+        key = self._by_bytes.get(kb)
+        return self._manifest.get(key) if key is not None else None
 
     async def metas(self) -> AsyncIterator[EntryMeta]:
         manifest = self._manifest  # a refresh swaps in a new dict: this walk finishes the old one

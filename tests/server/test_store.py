@@ -190,3 +190,10 @@ async def test_entries_merge_tiers(store):
     assert len(listed) == 5
     assert dict(listed)[b"4"] == ["ram", "nvme"]
     assert dict(listed)[b"0"] == ["nvme"]
+    keys = [m.key.to_bytes() async for m, _ in store.entries()]
+    assert keys == sorted(keys)  # one merged key order, each entry once
+    after = [(m.key.hash, tiers) async for m, tiers in store.entries(after=keys[1])]
+    assert after == listed[2:]  # a page resumes after the last key of the one before
+    first = store.entries()
+    assert (await anext(first))[0].key.to_bytes() == keys[0]
+    await first.aclose()  # a listing stopped early (a full page) closes the tiers' scans

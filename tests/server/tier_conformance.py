@@ -28,7 +28,7 @@ import pytest
 from kvbucket.core.codecs import Codec
 from kvbucket.core.keys import EntryKey, Layout, scope_prefix
 from kvbucket.core.record import Record, make_record
-from kvbucket.server.tiers.base import EntryMeta, Tier
+from kvbucket.server.tiers.base import SCAN_BATCH, EntryMeta, Tier
 
 LAYOUT = Layout("float16", (2, 16, 4, 64), tokens_per_chunk=16)
 FP = LAYOUT.fingerprint()
@@ -177,6 +177,30 @@ class TierConformance:
                                  key=EntryKey.to_bytes)
         assert len(beta_m1) == 4
         assert await scan_list(tier, scope_prefix("gamma")) == []
+
+    async def test_scan_after_a_key_resumes_in_order_across_batches(self, tier: Tier) -> None:
+        n = SCAN_BATCH + 44  # more than one batch read from the ordered index
+        keys = [make_key(i, namespace=ns) for ns in ("b", "a") for i in range(n // 2)]
+        for i, key in enumerate(keys):
+            record, meta, _ = make_entry(key, 64, seed=i)
+            await tier.put(key, record, meta)
+        everything = [m.key for m in await scan_list(tier)]
+        assert everything == sorted(keys, key=EntryKey.to_bytes)
+        mid = everything[100].to_bytes()
+        assert [m.key async for m in tier.scan(after=mid)] == everything[101:]
+        assert [m.key async for m in tier.scan(after=everything[-1].to_bytes())] == []
+        b = scope_prefix("b")
+        in_b = [k for k in everything if k.namespace == "b"]
+        assert [m.key async for m in tier.scan(b, after=mid)] == in_b  # `after` sorts before the prefix
+        assert [m.key async for m in tier.scan(b, after=in_b[9].to_bytes())] == in_b[10:]
+        seen = []
+        async for m in tier.scan():  # entries deleted while the scan awaits, across a batch boundary
+            seen.append(m.key)
+            if len(seen) == SCAN_BATCH - 1:
+                for k in everything[SCAN_BATCH - 1 : SCAN_BATCH + 3]:
+                    await tier.delete(k)
+        gone = set(everything[SCAN_BATCH - 1 : SCAN_BATCH + 3])
+        assert seen == [k for k in everything if k not in gone]
 
     async def test_metas_yield_every_entry_once_and_none_removed_meanwhile(self, tier: Tier) -> None:
         keys = [make_key(h, namespace=ns) for ns in ("b", "a") for h in (3, 1, 2)]
