@@ -49,15 +49,16 @@ class Counters:
 async def census(store: TieredStore) -> dict[Pair, Stored]:
     """What each namespace x model holds now, from the indexes; an entry counts once, bytes per tier.
 
-    Walks each tier's index on its own, unsorted (`Tier.metas`), and yields to the event loop every
-    few thousand entries: a census of a million entries must not stall the data plane.
+    Walks each tier's ordered index on its own (`Tier.scan`, read a batch at a time, never sorted
+    here) and yields to the event loop every few thousand entries: a census of a million entries
+    must not stall the data plane.
     """
     out: dict[Pair, Stored] = {}
     for i, tier in enumerate(store.tiers):
         faster = store.tiers[:i]
         name = tier.name
         n = 0
-        async for meta in tier.metas():  # a few microseconds an entry: the loop is kept lean
+        async for meta in tier.scan():  # ~1-2 us an entry: the loop is kept lean
             key = meta.key
             s = out.get(pair := (key.namespace, key.model))
             if s is None:

@@ -109,12 +109,6 @@ class Tier(abc.ABC):
         Between yields the index may change: an entry added meanwhile may be missed, one removed is
         not yielded."""
 
-    async def metas(self) -> AsyncIterator[EntryMeta]:
-        """Every entry, in no particular order (a census): an index of millions is not sorted first.
-        One added while the caller awaits may be missed, one removed meanwhile is not yielded."""
-        async for meta in self.scan():
-            yield meta
-
     @abc.abstractmethod
     def stats(self) -> TierStats: ...
 

@@ -145,12 +145,6 @@ class MemoryTier(Tier):
         entry = self._entries.get(kb)
         return entry.meta if entry is not None else None  # the index's own object, as from meta()
 
-    async def metas(self) -> AsyncIterator[EntryMeta]:
-        entries = self._entries
-        for kb, entry in list(entries.items()):
-            if entries.get(kb) is entry:  # not removed or replaced while the caller awaited
-                yield entry.meta
-
     # writes
 
     async def put(self, key: EntryKey, record: Record, meta: EntryMeta) -> list[Evicted]:

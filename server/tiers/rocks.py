@@ -523,12 +523,6 @@ class RocksTier(Tier):
         slot = self._index.get(key) if key is not None else None
         return slot.meta if slot is not None else None
 
-    async def metas(self) -> AsyncIterator[EntryMeta]:
-        index = self._index
-        for k, slot in list(index.items()):
-            if index.get(k) is slot:  # not removed or replaced while the caller awaited
-                yield slot.meta
-
     def stats(self) -> TierStats:
         s = self._stats
         s.entries, s.bytes = len(self._index), self._used

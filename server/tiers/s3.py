@@ -434,12 +434,6 @@ class S3Tier(Tier):
         key = self._by_bytes.get(kb)
         return self._manifest.get(key) if key is not None else None
 
-    async def metas(self) -> AsyncIterator[EntryMeta]:
-        manifest = self._manifest  # a refresh swaps in a new dict: this walk finishes the old one
-        for key, meta in list(manifest.items()):
-            if manifest.get(key) is meta:  # not removed or replaced while the caller awaited
-                yield meta
-
     def stats(self) -> TierStats:
         s = self._stats
         s.entries = len(self._manifest)

@@ -92,7 +92,7 @@ async def test_bytes_held_follow_listings_heads_and_writes(s3_server, s3_bucket)
     b = await s3tier(s3_server, s3_bucket).open()
 
     async def held(t) -> int:
-        return sum([m.stored_bytes async for m in t.metas()])
+        return sum([m.stored_bytes async for m in t.scan()])
 
     try:
         for i, n in enumerate((1024, 4096, 8192)):
