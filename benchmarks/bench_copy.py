@@ -12,13 +12,20 @@ also sixteen to a call, as `put_many` of a list hands them over):
   - `stream_copy, fresh slot`: the same with non-temporal stores (clients/_streamcopy.c);
   - `xxh3 of a source`: the checksum alone;
   - `copy, then xxh3`: numpy's copy, then the slot hashed (two passes);
-  - `copy_hash` (clients/shm.py): 256 KiB copied, then hashed from L2, a worker thread copying part
-    (a chunk over 4 MiB, every other chunk of a batch) -- what a get does, and a put where the C copy
-    is not built;
+  - `copy_hash` (clients/shm.py), what a get does: a chunk up to 4 MiB copied and hashed in one
+    pass (`copy_xxh3`, clients/_streamcopy.c), a batch's alternate chunks on a worker thread; over
+    4 MiB, as `copy_hash, two passes`;
+  - `copy_hash, two passes`: as it runs where the C copy is not built (also a put's copy there): 256
+    KiB copied, then hashed from L2, a worker thread copying part (a chunk over 4 MiB, every other
+    chunk of a batch);
   - `copy_hash, split` (2 MiB, one to a call): the worker copying the last 60% of the chunk too;
-  - `stream_hash` (clients/shm.py, what the SDK's puts do): each source piece hashed, then copied
-    from L2 with non-temporal stores, the worker copying most of the bytes meanwhile;
-  - `stream_hash, alone`: a chunk up to 4 MiB all on the calling thread, as a stream of puts does.
+  - `stream_hash` (clients/shm.py, what the SDK's puts do): `copy_xxh3` with non-temporal stores, a
+    batch's alternate chunks on the worker; over 4 MiB, each source piece hashed, then copied from L2
+    with non-temporal stores, the worker copying most of the bytes meanwhile;
+  - `stream_hash, alone`: a chunk up to 4 MiB all on the calling thread, as a stream of puts does
+    (one `copy_xxh3` call: copied and hashed in one pass, non-temporal stores);
+  - `hash, then stream_copy`: what `stream_hash, alone` did before `copy_xxh3`: each 256 KiB source
+    piece hashed, then copied from L2 with non-temporal stores.
 
 Each is printed with its ratio to the warm memcpy: the put function's is the ceiling a shared-memory
 put can reach against `bench_core`'s goal, before its request, the daemon and the reply.
@@ -81,6 +88,22 @@ def split_copy_hash(dst: memoryview, src: memoryview) -> int:
     return h.intdigest()
 
 
+def hash_then_stream(dst: memoryview, src: memoryview) -> int:
+    h = xxhash.xxh3_64()
+    for off in range(0, len(src), shm.FUSED):
+        h.update(src[off : off + shm.FUSED])
+        shm.stream_copy(dst[off : off + shm.FUSED], src[off : off + shm.FUSED])
+    return h.intdigest()
+
+
+def two_passes(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
+    saved, shm.copy_xxh3 = shm.copy_xxh3, None
+    try:
+        return shm.copy_hash(pairs)
+    finally:
+        shm.copy_xxh3 = saved
+
+
 def cases(warm: memoryview, slots: Slots, batch: int) -> dict[str, Callable[[list[memoryview]], list | None]]:
     """Each takes a call's sources and returns their checksums (None: it takes none)."""
 
@@ -114,16 +137,18 @@ def cases(warm: memoryview, slots: Slots, batch: int) -> dict[str, Callable[[lis
         "xxh3 of a source": hash_sources,
         "copy, then xxh3": copy_then_hash,
         "copy_hash": lambda srcs: shm.copy_hash([(slots.take(), src) for src in srcs]),
+        "copy_hash, two passes": lambda srcs: two_passes([(slots.take(), src) for src in srcs]),
         "copy_hash, split": lambda srcs: [split_copy_hash(slots.take(), src) for src in srcs],
         "stream_hash": lambda srcs: shm.stream_hash([(slots.take(), src) for src in srcs]),
         "stream_hash, alone": lambda srcs: shm.stream_hash([(slots.take(), src) for src in srcs], worker=False),
+        "hash, then stream_copy": lambda srcs: [hash_then_stream(slots.take(), src) for src in srcs],
     }
     if batch > 1 or slots.size > PIECE:  # copy_hash splits those itself
         del out["copy_hash, split"]
     if batch > 1 or slots.size > PIECE:  # a stream puts one to a call; a larger chunk is split anyway
-        del out["stream_hash, alone"]
+        del out["stream_hash, alone"], out["hash, then stream_copy"]
     if shm.stream_copy is None:
-        for name in ("stream_copy, fresh slot", "stream_hash", "stream_hash, alone"):
+        for name in ("stream_copy, fresh slot", "stream_hash", "stream_hash, alone", "hash, then stream_copy"):
             out.pop(name, None)
     return out
 

@@ -1,7 +1,7 @@
 """A worker thread that copies behind the caller: shared-memory gets and puts (clients/shm.py `copy_hash`,
-`stream_hash`) hand it part of what they copy out of or into the arena, while they copy and hash the
-rest (numpy's copy, the non-temporal `stream_copy` and xxhash all release the GIL, so the two run on
-two cores).
+`stream_hash`) hand it part of what they copy out of or into the arena -- alternate chunks of a batch,
+the tail of a chunk over PIECE -- while they copy and hash the rest (numpy's copy, the C copies of
+clients/_streamcopy.c and xxhash all release the GIL, so the two run on two cores).
 Not used by fast-wire gets: there the daemon, sending, already keeps the other core busy, and hashing
 each received piece inline, from cache, measured faster (32 MiB, p50: 13.3–14.4 ms inline, 14.3–15.4
 ms on a worker)."""

@@ -6,14 +6,14 @@ match (proof that this is the daemon's arena, not a file of the same name on ano
 of that fails the client uses gRPC streaming for good and logs it once.
 
 Put, one round trip: take spare slots from the client's `SlotPool` -> `ShmPlane.write_hashed` (copy
-in with non-temporal stores, hashing each source piece just before: `stream_hash`) -> ShmPut with those checksums
+in with non-temporal stores, hashed in the same pass: `stream_hash`) -> ShmPut with those checksums
 (hashed_in_slot), which stores the slots without reading them again and refills the pool. When the
 pool has no slots of the sizes needed, one ShmPut stocks it first; when the daemon grants none, the
 two-step ShmReserve -> write -> ShmCommit is used, and chunks it marks `fallback` go through Put.
 Get, no round trip: the chunks the daemon's catalog (core/catalog.py) lists are copied straight out of
 their slots and verified (`ShmPlane.read_listed`), and the daemon is told afterwards (ShmHits, one-way
 over the fast wire; without it, a ShmHits call nobody waits for). The rest, one round trip: ShmGet ->
-`ShmPlane.read` (copy out and verify: `copy_hash`, a worker thread copying part of it); the
+`ShmPlane.read` (copy out and verify: `copy_hash`, in one pass per chunk with the C copy); the
 lease is released by the next request (`Attachment.defer_release`), or at close. Both SDK clients are
 thin shells over these.
 
@@ -47,16 +47,17 @@ from kvbucket.proto import store_pb2 as pb
 
 try:
     from kvbucket.clients._streamcopy import STORES as STREAM_STORES  # "avx2", "sse2" or "memcpy"
-    from kvbucket.clients._streamcopy import stream_copy
+    from kvbucket.clients._streamcopy import copy_xxh3, stream_copy
 except ImportError:  # not built (no C compiler where kvbucket was installed): puts copy with numpy
-    STREAM_STORES, stream_copy = None, None
+    STREAM_STORES, stream_copy, copy_xxh3 = None, None, None
 
 log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
 HEAD_SHARE = 0.4  # of a chunk over PIECE, what copy_hash's caller copies and hashes (the worker copies the rest)
-# stream_hash's split with the worker (its docstring); measured by benchmarks/bench_copy.py
-STREAM_HEAD, STREAM_HEAD_LARGE, STREAM_BEHIND, STREAM_MIN = 0.3, 0.1, 8, 512 << 10
+# of a lone chunk (over PIECE: of any), what stream_hash's caller copies (it hashes all of it)
+STREAM_HEAD, STREAM_HEAD_LARGE = 0.3, 0.1
+HANDOFF_MIN = 512 << 10  # a batch of smaller chunks is all copied on the calling thread (bench_copy.py)
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
 
@@ -195,18 +196,25 @@ def _held(resp: pb.ShmGetResponse, fallback: list[int]):
 
 
 def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
-    """dst[:] = src for each `(dst, src)`; the xxh3_64 of the bytes now in each dst (hashed after the
-    copy, so a checksum vouches for what landed). This thread copies FUSED bytes at a time and hashes
-    each piece from L2 right after its copy; the worker (clients/hashing.py) copies the rest meanwhile
-    -- the tail past HEAD_SHARE of a chunk over PIECE, every other chunk of a batch of smaller ones --
-    and this thread hashes that from memory once it has landed. One chunk up to PIECE is all copied
-    here. Measured here against a single-threaded memcpy of the same bytes: 32 MiB 0.97-1.11x (0.85-0.91x
-    copying all here while the worker hashed behind), 16 x 2 MiB 0.83-0.92x (0.76-0.84x), one 2 MiB
-    0.79-0.88x."""
+    """dst[:] = src for each `(dst, src)`; the xxh3_64 of the bytes now in each dst. A get's copy out of
+    the arena (and a put's where clients/_streamcopy.c is not built).
+
+    With the C copy built, chunks up to PIECE are copied and hashed in one pass (`copy_xxh3`: each
+    stripe hashed from the registers it is stored from, so a checksum vouches for what landed), a
+    batch's alternate chunks on the worker (`_one_pass`). Measured here against a memcpy into a warm
+    buffer (benchmarks/bench_copy.py, two runs): one 2 MiB chunk 0.67-0.68x, sixteen 1.17-1.31x, where
+    the two-pass copy below took 0.50-0.52x and 0.65-0.69x.
+
+    Otherwise (a chunk over PIECE, or no C copy): this thread copies FUSED bytes at a time and hashes
+    each piece from L2 right after its copy; the worker (clients/hashing.py) copies the rest
+    meanwhile -- the tail past HEAD_SHARE of a chunk over PIECE, every other chunk of a batch of
+    smaller ones -- and this thread hashes that from memory once it has landed. One chunk up to PIECE
+    is all copied here. 32 MiB: 0.82-0.91x of the memcpy."""
+    _check_sizes(pairs)
+    if copy_xxh3 is not None and all(len(src) <= PIECE for _, src in pairs):
+        return _one_pass(pairs, nontemporal=False)
     plan = []
-    for i, (dst, src) in enumerate(pairs):
-        if len(dst) != len(src):
-            raise ValueError(f"destination of {len(dst)} bytes for a chunk of {len(src)}")
+    for i, (_, src) in enumerate(pairs):
         n = len(src)
         if len(pairs) == 1 and n <= PIECE:
             plan.append(n)
@@ -234,6 +242,30 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     return sums
 
 
+def _check_sizes(pairs: list[tuple[memoryview, memoryview]]) -> None:
+    for dst, src in pairs:
+        if len(dst) != len(src):
+            raise ValueError(f"destination of {len(dst)} bytes for a chunk of {len(src)}")
+
+
+def _one_pass(pairs: list[tuple[memoryview, memoryview]], *, nontemporal: bool) -> list[int]:
+    """`copy_xxh3` of each pair: every other chunk of a batch on the worker (both copies release the
+    GIL, so the two run on two cores), unless the chunks are under HANDOFF_MIN (a hand-off costs more
+    than it saves)."""
+    if len(pairs) == 1 or all(len(src) < HANDOFF_MIN for _, src in pairs):
+        return [copy_xxh3(dst, src, nontemporal) for dst, src in pairs]
+    behind: list[futures.Future] = []
+    try:
+        behind = [copy_behind(dst, src, lambda d, s: copy_xxh3(d, s, nontemporal)) for dst, src in pairs[1::2]]
+        mine = [copy_xxh3(dst, src, nontemporal) for dst, src in pairs[0::2]]
+        theirs = [b.result() for b in behind]
+    finally:  # the worker must be done with every dst before the caller may reuse it, even after an error
+        futures.wait(behind)
+    sums = [0] * len(pairs)
+    sums[0::2], sums[1::2] = mine, theirs
+    return sums
+
+
 def put_copy() -> str:
     """How puts copy into the arena in this process (`kvbucket bench` reports it)."""
     if stream_copy is None:
@@ -253,43 +285,34 @@ def _say_how_puts_copy() -> None:
 
 def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = True) -> list[int]:
     """dst[:] = src for each `(dst, src)` with non-temporal stores (clients/_streamcopy.c); the xxh3_64
-    of each source. For a put's slots: the daemon reads them next, not this thread (a get's copy out
-    stays `copy_hash`, which hashes what landed). The stores skip reading each destination line in
-    first, the larger part of an ordinary copy into a slot no recent put wrote (benchmarks/bench_copy.py).
-    Source bytes changed between their hash and their copy leave a slot that fails its checksum at
-    every reader, never served (a source must not change during a put, with either copy).
+    of each source. For a put's slots: the daemon reads them next, not this thread. The stores skip
+    reading each destination line in first, the larger part of an ordinary copy into a slot no recent
+    put wrote (benchmarks/bench_copy.py). Source bytes changed during the copy leave a slot that fails
+    its checksum at every reader, never served (a source must not change during a put).
 
-    This thread hashes every source and copies part, FUSED bytes at a time, each piece hashed then
-    copied from L2; the worker copies the rest meanwhile, non-temporal too, the GIL released: past
-    STREAM_HEAD of a lone chunk (STREAM_HEAD_LARGE over PIECE, whose hashing from memory is most of
-    this thread's work), and of a batch all chunks but every STREAM_BEHIND-th. A chunk under
-    STREAM_MIN is all done here (a hand-off costs more), and without `worker` every chunk up to PIECE
-    (over it, the copy outweighs what else runs meanwhile)."""
+    Each chunk is hashed in one pass with its copy on this thread (`copy_xxh3`) -- all of it, or its
+    first STREAM_HEAD (STREAM_HEAD_LARGE over PIECE), the worker copying the rest meanwhile: a lone
+    chunk, or one over PIECE. A batch's smaller chunks alternate between this thread and the worker,
+    each copied whole. Without `worker` (a stream: the daemon is storing its previous chunk on the
+    other core meanwhile) or under HANDOFF_MIN, a chunk up to PIECE is all copied here. Against the
+    warm memcpy (bench_copy.py, two runs): a lone 2 MiB chunk 0.84-0.86x (0.87-0.89x all here), sixteen
+    1.51-1.68x, 32 MiB 1.28-1.38x; hashing each 256 KiB piece, then copying it, as before copy_xxh3,
+    took 0.81-0.86x, 0.74-0.77x and 1.21-1.29x (0.62-0.65x all here)."""
+    _check_sizes(pairs)
+    if len(pairs) > 1 and worker and all(HANDOFF_MIN <= len(src) <= PIECE for _, src in pairs):
+        return _one_pass(pairs, nontemporal=True)
     plan = []
-    for i, (dst, src) in enumerate(pairs):
-        if len(dst) != len(src):
-            raise ValueError(f"destination of {len(dst)} bytes for a chunk of {len(src)}")
+    for _, src in pairs:
         n = len(src)
-        if n < STREAM_MIN or (n <= PIECE and not worker):
+        if n < HANDOFF_MIN or (n <= PIECE and not worker):
             plan.append(n)
-        elif len(pairs) == 1 or n > PIECE:
-            plan.append(int(n * (STREAM_HEAD if n <= PIECE else STREAM_HEAD_LARGE)) // FUSED * FUSED)
         else:
-            plan.append(n if i % STREAM_BEHIND == 0 else 0)
+            plan.append(int(n * (STREAM_HEAD if n <= PIECE else STREAM_HEAD_LARGE)) // FUSED * FUSED)
     behind: list[futures.Future | None] = []
     try:
         for (dst, src), cut in zip(pairs, plan, strict=True):
             behind.append(copy_behind(dst[cut:], src[cut:], stream_copy) if cut < len(src) else None)
-        sums = []
-        for (dst, src), cut in zip(pairs, plan, strict=True):
-            h = xxhash.xxh3_64()
-            for off in range(0, cut, FUSED):
-                end = min(off + FUSED, cut)
-                h.update(src[off:end])
-                stream_copy(dst[off:end], src[off:end])
-            if cut < len(src):
-                h.update(src[cut:])  # what the worker copies
-            sums.append(h.intdigest())
+        sums = [copy_xxh3(dst, src, True, cut) for (dst, src), cut in zip(pairs, plan, strict=True)]
         for tail in behind:
             if tail is not None:
                 tail.result()
