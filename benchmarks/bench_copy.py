@@ -12,9 +12,8 @@ also sixteen to a call, as `put_many` of a list hands them over):
   - `stream_copy, fresh slot`: the same with non-temporal stores (clients/_streamcopy.c);
   - `xxh3 of a source`: the checksum alone;
   - `copy, then xxh3`: numpy's copy, then the slot hashed (two passes);
-  - `copy_hash` (clients/shm.py), what a get does: a chunk up to 4 MiB copied and hashed in one
-    pass (`copy_xxh3`, clients/_streamcopy.c), a batch's alternate chunks on a worker thread; over
-    4 MiB, as `copy_hash, two passes`;
+  - `copy_hash` (clients/shm.py), what a get does: each chunk copied and hashed in one pass
+    (`copy_xxh3`, clients/_streamcopy.c), a batch's alternate chunks on a worker thread;
   - `copy_hash, two passes`: as it runs where the C copy is not built (also a put's copy there): 256
     KiB copied, then hashed from L2, a worker thread copying part (a chunk over 4 MiB, every other
     chunk of a batch);

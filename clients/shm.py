@@ -199,19 +199,18 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     """dst[:] = src for each `(dst, src)`; the xxh3_64 of the bytes now in each dst. A get's copy out of
     the arena (and a put's where clients/_streamcopy.c is not built).
 
-    With the C copy built, chunks up to PIECE are copied and hashed in one pass (`copy_xxh3`: each
-    stripe hashed from the registers it is stored from, so a checksum vouches for what landed), a
-    batch's alternate chunks on the worker (`_one_pass`). Measured here against a memcpy into a warm
-    buffer (benchmarks/bench_copy.py, two runs): one 2 MiB chunk 0.67-0.68x, sixteen 1.17-1.31x, where
-    the two-pass copy below took 0.50-0.52x and 0.65-0.69x.
+    With the C copy built, each chunk is copied and hashed in one pass (`copy_xxh3`: each stripe
+    hashed from the registers it is stored from, so a checksum vouches for what landed), a batch's
+    alternate chunks on the worker (`_one_pass`). Measured here against a memcpy into a warm buffer
+    (benchmarks/bench_copy.py): one 2 MiB chunk 0.67-0.68x, sixteen 1.17-1.31x, 32 MiB 0.86-0.95x,
+    where the two-pass copy below took 0.50-0.52x, 0.65-0.69x and 0.77-0.84x.
 
-    Otherwise (a chunk over PIECE, or no C copy): this thread copies FUSED bytes at a time and hashes
-    each piece from L2 right after its copy; the worker (clients/hashing.py) copies the rest
-    meanwhile -- the tail past HEAD_SHARE of a chunk over PIECE, every other chunk of a batch of
-    smaller ones -- and this thread hashes that from memory once it has landed. One chunk up to PIECE
-    is all copied here. 32 MiB: 0.82-0.91x of the memcpy."""
+    Without it: this thread copies FUSED bytes at a time and hashes each piece from L2 right after its
+    copy; the worker (clients/hashing.py) copies the rest meanwhile -- the tail past HEAD_SHARE of a
+    chunk over PIECE, every other chunk of a batch of smaller ones -- and this thread hashes that from
+    memory once it has landed. One chunk up to PIECE is all copied here."""
     _check_sizes(pairs)
-    if copy_xxh3 is not None and all(len(src) <= PIECE for _, src in pairs):
+    if copy_xxh3 is not None:
         return _one_pass(pairs, nontemporal=False)
     plan = []
     for i, (_, src) in enumerate(pairs):

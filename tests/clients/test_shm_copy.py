@@ -24,7 +24,7 @@ needs_c = pytest.mark.skipif(shm.stream_copy is None, reason="clients/_streamcop
 
 
 def two_pass_copy_hash(pairs):
-    """copy_hash as it runs where clients/_streamcopy.c is not built (and for chunks over PIECE)."""
+    """copy_hash as it runs where clients/_streamcopy.c is not built."""
     saved, shm.copy_xxh3 = shm.copy_xxh3, None
     try:
         return copy_hash(pairs)
