@@ -111,6 +111,47 @@ async def test_bytes_held_follow_listings_heads_and_writes(s3_server, s3_bucket)
         await b.close()
 
 
+async def test_a_listing_updates_the_sorted_index_by_its_differences(s3_server, s3_bucket):
+    # A refresh must leave scan() listing exactly what the bucket holds, in key order: other daemons'
+    # writes and deletes found by the listing, and this daemon's own put made while it ran. A few
+    # changes among many entries update the index in place (rebuilding it stopped the event loop for
+    # seconds at a million entries); most entries changing rebuild it, with the same result.
+    a = await s3tier(s3_server, s3_bucket).open()
+    b = await s3tier(s3_server, s3_bucket, list_page_size=2).open()  # pages: the listing yields between them
+
+    async def scanned(t) -> list[bytes]:
+        # scan() skips index keys without an entry: the index itself must hold no stale ones either
+        assert list(t._order) == sorted(t._by_bytes) == sorted(k.to_bytes() for k in t._manifest)
+        return [m.key.to_bytes() async for m in t.scan()]
+
+    try:
+        keys = [make_key(100 + i) for i in range(16)]
+        for k in keys:
+            await a.put(k, *make_entry(k, 512)[:2])
+        assert await b.refresh()  # all new: the index is built
+        assert await scanned(b) == sorted(k.to_bytes() for k in keys)
+        index = b._order
+        await a.delete(keys[3])
+        await a.delete(keys[9])
+        late = make_key(200)
+        await a.put(late, *make_entry(late, 512)[:2])
+        own = make_key(201)
+        ok, _ = await asyncio.gather(b.refresh(), b.put(own, *make_entry(own, 512)[:2]))
+        assert ok
+        want = sorted(k.to_bytes() for k in [*keys[:3], *keys[4:9], *keys[10:], late, own])
+        assert await scanned(b) == want and b.stats().entries == len(want)
+        assert b._order is index  # three changes among seventeen: updated in place, not rebuilt
+        for k in keys[:12]:
+            await a.delete(k)
+        assert await b.refresh()
+        want = sorted(k.to_bytes() for k in [*keys[12:], late, own])
+        assert await scanned(b) == want and b.stats().entries == len(want)
+        assert b.contains([keys[0], own]) == [False, True]
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_background_refresh_picks_up_other_writers(s3_server, s3_bucket):
     a = await s3tier(s3_server, s3_bucket).open()
     b = await s3tier(s3_server, s3_bucket, manifest_refresh_s=0.1).open()
