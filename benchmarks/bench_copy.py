@@ -19,12 +19,10 @@ also sixteen to a call, as `put_many` of a list hands them over):
     chunk of a batch);
   - `copy_hash, split` (2 MiB, one to a call): the worker copying the last 60% of the chunk too;
   - `stream_hash` (clients/shm.py, what the SDK's puts do): `copy_xxh3` with non-temporal stores, a
-    batch's alternate chunks on the worker; over 4 MiB, each source piece hashed, then copied from L2
-    with non-temporal stores, the worker copying most of the bytes meanwhile;
-  - `stream_hash, alone`: a chunk up to 4 MiB all on the calling thread, as a stream of puts does
-    (one `copy_xxh3` call: copied and hashed in one pass, non-temporal stores);
-  - `hash, then stream_copy`: what `stream_hash, alone` did before `copy_xxh3`: each 256 KiB source
-    piece hashed, then copied from L2 with non-temporal stores.
+    batch's alternate chunks on the worker; over 4 MiB, this thread copies the first 10% and hashes
+    all of it in one pass, the worker copying the rest meanwhile;
+  - `hash, then stream_copy`: what a chunk's put on the calling thread alone did before `copy_xxh3`:
+    each 256 KiB source piece hashed, then copied from L2 with non-temporal stores.
 
 Each is printed with its ratio to the warm memcpy: the put function's is the ceiling a shared-memory
 put can reach against `bench_core`'s goal, before its request, the daemon and the reply.
@@ -139,15 +137,14 @@ def cases(warm: memoryview, slots: Slots, batch: int) -> dict[str, Callable[[lis
         "copy_hash, two passes": lambda srcs: two_passes([(slots.take(), src) for src in srcs]),
         "copy_hash, split": lambda srcs: [split_copy_hash(slots.take(), src) for src in srcs],
         "stream_hash": lambda srcs: shm.stream_hash([(slots.take(), src) for src in srcs]),
-        "stream_hash, alone": lambda srcs: shm.stream_hash([(slots.take(), src) for src in srcs], worker=False),
         "hash, then stream_copy": lambda srcs: [hash_then_stream(slots.take(), src) for src in srcs],
     }
     if batch > 1 or slots.size > PIECE:  # copy_hash splits those itself
         del out["copy_hash, split"]
     if batch > 1 or slots.size > PIECE:  # a stream puts one to a call; a larger chunk is split anyway
-        del out["stream_hash, alone"], out["hash, then stream_copy"]
+        del out["hash, then stream_copy"]
     if shm.stream_copy is None:
-        for name in ("stream_copy, fresh slot", "stream_hash", "stream_hash, alone", "hash, then stream_copy"):
+        for name in ("stream_copy, fresh slot", "stream_hash", "hash, then stream_copy"):
             out.pop(name, None)
     return out
 

@@ -349,7 +349,7 @@ class Client(AdminMixin, _Base):
                     if offsets is None:  # no spare slots to be had: as a single put does
                         stored += self._put_shm(plane, [latest], **opts)
                         continue
-                    req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws, worker=False))
+                    req = shm.put_request(st, headers, offsets, raws, plane.write_hashed(offsets, raws))
                     if not st.pool.spare(sizes[0]):  # keep one spare besides the slot in flight
                         req.refill.append(sizes[0])
                     c.start(fastwire.Method.SHM_PUT, req, self.timeout)

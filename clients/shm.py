@@ -55,8 +55,7 @@ log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
 FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
 HEAD_SHARE = 0.4  # of a chunk over PIECE, what copy_hash's caller copies and hashes (the worker copies the rest)
-# of a lone chunk (over PIECE: of any), what stream_hash's caller copies (it hashes all of it)
-STREAM_HEAD, STREAM_HEAD_LARGE = 0.3, 0.1
+STREAM_HEAD_LARGE = 0.1  # of a chunk over PIECE, what stream_hash's caller copies (it hashes all of it)
 HANDOFF_MIN = 512 << 10  # a batch of smaller chunks is all copied on the calling thread (bench_copy.py)
 _HEADER = struct.Struct("<8sQ")
 _MAGIC = b"KVBSHM01"
@@ -141,13 +140,11 @@ class ShmPlane:
             if not slot.fallback:
                 self.view[slot.offset : slot.offset + len(raw)] = raw
 
-    def write_hashed(self, offsets: list[int], raws: list[memoryview], *, worker: bool = True) -> list[int]:
+    def write_hashed(self, offsets: list[int], raws: list[memoryview]) -> list[int]:
         """Copy each raw chunk to its offset (a pool slot of exactly its length); the xxh3 of what was
-        copied (`stream_hash`, or `copy_hash` where the C copy is not built). `worker`: stream_hash may
-        hand part of a chunk up to PIECE to the copy worker (a stream passes False: the daemon is
-        storing its previous chunk on the other core meanwhile)."""
+        copied (`stream_hash`, or `copy_hash` where the C copy is not built)."""
         pairs = [(self.view[off : off + len(raw)], raw) for off, raw in zip(offsets, raws, strict=True)]
-        return stream_hash(pairs, worker=worker) if stream_copy is not None else copy_hash(pairs)
+        return stream_hash(pairs) if stream_copy is not None else copy_hash(pairs)
 
     def read(self, resp: pb.ShmGetResponse, out: list | None, results: list) -> list[int]:
         """Copy each held chunk out of the arena into `results` (verified); the indexes to fetch by Get."""
@@ -282,31 +279,24 @@ def _say_how_puts_copy() -> None:
                     "installed?); shared-memory puts copy with numpy, ~1.6x slower per 2 MiB chunk")
 
 
-def stream_hash(pairs: list[tuple[memoryview, memoryview]], *, worker: bool = True) -> list[int]:
+def stream_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     """dst[:] = src for each `(dst, src)` with non-temporal stores (clients/_streamcopy.c); the xxh3_64
     of each source. For a put's slots: the daemon reads them next, not this thread. The stores skip
     reading each destination line in first, the larger part of an ordinary copy into a slot no recent
     put wrote (benchmarks/bench_copy.py). Source bytes changed during the copy leave a slot that fails
     its checksum at every reader, never served (a source must not change during a put).
 
-    Each chunk is hashed in one pass with its copy on this thread (`copy_xxh3`) -- all of it, or its
-    first STREAM_HEAD (STREAM_HEAD_LARGE over PIECE), the worker copying the rest meanwhile: a lone
-    chunk, or one over PIECE. A batch's smaller chunks alternate between this thread and the worker,
-    each copied whole. Without `worker` (a stream: the daemon is storing its previous chunk on the
-    other core meanwhile) or under HANDOFF_MIN, a chunk up to PIECE is all copied here. Against the
-    warm memcpy (bench_copy.py, two runs): a lone 2 MiB chunk 0.84-0.86x (0.87-0.89x all here), sixteen
-    1.51-1.68x, 32 MiB 1.28-1.38x; hashing each 256 KiB piece, then copying it, as before copy_xxh3,
-    took 0.81-0.86x, 0.74-0.77x and 1.21-1.29x (0.62-0.65x all here)."""
+    Each chunk is copied and hashed in one pass (`copy_xxh3`), a batch's alternate chunks on the
+    worker. A chunk over PIECE is split: this thread copies its first STREAM_HEAD_LARGE and hashes all
+    of it in one pass, the worker copies the rest meanwhile. Against the warm memcpy (bench_copy.py):
+    one 2 MiB chunk 0.81-0.86x, sixteen 1.51-1.68x, 32 MiB 1.28-1.38x, where hashing each 256 KiB
+    piece, then copying it, as before copy_xxh3, took 0.57-0.65x on the calling thread alone (0.77-0.86x
+    with the worker copying 70% of the chunk, which with copy_xxh3 measured no faster: 0.67-0.77x),
+    0.74-0.77x and 1.21-1.29x."""
     _check_sizes(pairs)
-    if len(pairs) > 1 and worker and all(HANDOFF_MIN <= len(src) <= PIECE for _, src in pairs):
+    if all(len(src) <= PIECE for _, src in pairs):
         return _one_pass(pairs, nontemporal=True)
-    plan = []
-    for _, src in pairs:
-        n = len(src)
-        if n < HANDOFF_MIN or (n <= PIECE and not worker):
-            plan.append(n)
-        else:
-            plan.append(int(n * (STREAM_HEAD if n <= PIECE else STREAM_HEAD_LARGE)) // FUSED * FUSED)
+    plan = [int(len(src) * STREAM_HEAD_LARGE) // FUSED * FUSED if len(src) > PIECE else len(src) for _, src in pairs]
     behind: list[futures.Future | None] = []
     try:
         for (dst, src), cut in zip(pairs, plan, strict=True):

@@ -38,7 +38,6 @@ COPIES = [
     copy_hash,
     pytest.param(two_pass_copy_hash, id="copy_hash-two-pass"),
     pytest.param(stream_hash, marks=needs_c, id="stream_hash"),
-    pytest.param(lambda pairs: stream_hash(pairs, worker=False), marks=needs_c, id="stream_hash-alone"),
 ]
 
 
