@@ -94,8 +94,9 @@ def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
     assert metric(shm_daemon, "kvbucket_shm_leases") == 0
 
 
-def test_puts_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon, monkeypatch, caplog):
+def test_puts_and_gets_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon, monkeypatch, caplog):
     monkeypatch.setattr(shm, "stream_copy", None)  # clients/_streamcopy.c is optional at install
+    monkeypatch.setattr(shm, "copy_xxh3", None)
     shm._say_how_puts_copy.cache_clear()  # said once per process: this one may have said it already
     data = [chunk(i) for i in range(5)]
     with caplog.at_level(logging.WARNING, logger="kvbucket.clients.shm"), \
