@@ -9,9 +9,9 @@
  * these stores.
  *
  * copy_xxh3: the copy and the chunk's checksum (xxh3_64) in one pass, each 64-byte stripe loaded into
- * registers once, stored and hashed from them, so the checksum is of exactly the bytes stored; with
- * non-temporal stores when asked. What a put does where its chunk is copied on the calling thread
- * alone (clients/shm.py `stream_hash`).
+ * registers once, stored and hashed from them, so the checksum is of exactly the bytes stored. Every
+ * shared-memory put copies with it (non-temporal stores) and every get (ordinary stores: the caller
+ * reads its buffer next): clients/shm.py `stream_hash`, `copy_hash`.
  *
  * A destination written with non-temporal stores is then not in cache. x86-64 only (SSE2 is
  * baseline, AVX2 when the CPU has it); elsewhere `stream_copy` is a memcpy and `copy_xxh3` a portable

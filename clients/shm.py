@@ -199,8 +199,8 @@ def copy_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
     With the C copy built, each chunk is copied and hashed in one pass (`copy_xxh3`: each stripe
     hashed from the registers it is stored from, so a checksum vouches for what landed), a batch's
     alternate chunks on the worker (`_one_pass`). Measured here against a memcpy into a warm buffer
-    (benchmarks/bench_copy.py): one 2 MiB chunk 0.67-0.68x, sixteen 1.17-1.31x, 32 MiB 0.86-0.95x,
-    where the two-pass copy below took 0.50-0.52x, 0.65-0.69x and 0.77-0.84x.
+    (benchmarks/bench_copy.py, two runs): one 2 MiB chunk 0.64-0.65x, sixteen 0.97-1.09x, 32 MiB
+    0.86-0.94x, where the two-pass copy below took 0.51x, 0.58-0.61x and 0.73-0.80x.
 
     Without it: this thread copies FUSED bytes at a time and hashes each piece from L2 right after its
     copy; the worker (clients/hashing.py) copies the rest meanwhile -- the tail past HEAD_SHARE of a
@@ -289,11 +289,11 @@ def stream_hash(pairs: list[tuple[memoryview, memoryview]]) -> list[int]:
 
     Each chunk is copied and hashed in one pass (`copy_xxh3`), a batch's alternate chunks on the
     worker. A chunk over PIECE is split: this thread copies its first STREAM_HEAD_LARGE and hashes all
-    of it in one pass, the worker copies the rest meanwhile. Against the warm memcpy (bench_copy.py):
-    one 2 MiB chunk 0.81-0.86x, sixteen 1.51-1.68x, 32 MiB 1.28-1.38x, where hashing each 256 KiB
-    piece, then copying it, as before copy_xxh3, took 0.57-0.65x on the calling thread alone (0.77-0.86x
-    with the worker copying 70% of the chunk, which with copy_xxh3 measured no faster: 0.67-0.77x),
-    0.74-0.77x and 1.21-1.29x."""
+    of it in one pass, the worker copies the rest meanwhile. Against the warm memcpy (bench_copy.py,
+    two runs): one 2 MiB chunk 0.85-0.89x, sixteen 1.37-1.51x, 32 MiB 1.24-1.26x. Hashing each 256 KiB
+    piece, then copying it, as before copy_xxh3, took 0.59-0.61x on the calling thread alone (in
+    earlier runs against 8548dff: one chunk with the worker copying 70% of it 0.79-0.86x -- with
+    copy_xxh3 no faster than alone, 0.67-0.77x --, sixteen 0.74-0.87x, 32 MiB 1.21-1.30x)."""
     _check_sizes(pairs)
     if all(len(src) <= PIECE for _, src in pairs):
         return _one_pass(pairs, nontemporal=True)
