@@ -48,12 +48,12 @@ from kvbucket.proto import store_pb2 as pb
 try:
     from kvbucket.clients._streamcopy import STORES as STREAM_STORES  # "avx2", "sse2" or "memcpy"
     from kvbucket.clients._streamcopy import copy_xxh3, stream_copy
-except ImportError:  # not built (no C compiler where kvbucket was installed): puts copy with numpy
+except ImportError:  # not built (no C compiler where kvbucket was installed): copies use numpy
     STREAM_STORES, stream_copy, copy_xxh3 = None, None, None
 
 log = logging.getLogger(__name__)
 HITS_PER_MESSAGE = 4096  # hashes per ShmHits (the daemon's per-call limit, MAX_KEYS in server/service.py)
-FUSED = 256 << 10  # copy-then-hash step of a get (64 KiB-512 KiB measured alike)
+FUSED = 256 << 10  # copy-then-hash step of copy_hash's two passes (64 KiB-512 KiB measured alike)
 HEAD_SHARE = 0.4  # of a chunk over PIECE, what copy_hash's caller copies and hashes (the worker copies the rest)
 STREAM_HEAD_LARGE = 0.1  # of a chunk over PIECE, what stream_hash's caller copies (it hashes all of it)
 HANDOFF_MIN = 512 << 10  # a batch of smaller chunks is all copied on the calling thread (bench_copy.py)
@@ -272,7 +272,7 @@ def put_copy() -> str:
 
 
 @functools.cache
-def _say_how_puts_copy() -> None:
+def _say_how_copies_run() -> None:
     """Once per process, on the first attach: a missing C copy costs speed, not correctness."""
     if stream_copy is None:
         log.warning("kvbucket: clients/_streamcopy.c is not built (no C compiler where kvbucket was "
@@ -575,7 +575,7 @@ class Attachment:
             try:
                 self.plane = ShmPlane(attach)
                 self.pool = SlotPool(attach.lease_seconds)
-                _say_how_puts_copy()
+                _say_how_copies_run()
                 return self.plane
             except (OSError, ValueError) as exc:
                 why = f"cannot map {attach.path}: {exc}"

@@ -97,7 +97,7 @@ def test_round_trip_is_bit_exact_and_moves_no_bytes_over_grpc(shm_daemon):
 def test_puts_and_gets_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon, monkeypatch, caplog):
     monkeypatch.setattr(shm, "stream_copy", None)  # clients/_streamcopy.c is optional at install
     monkeypatch.setattr(shm, "copy_xxh3", None)
-    shm._say_how_puts_copy.cache_clear()  # said once per process: this one may have said it already
+    shm._say_how_copies_run.cache_clear()  # said once per process: this one may have said it already
     data = [chunk(i) for i in range(5)]
     with caplog.at_level(logging.WARNING, logger="kvbucket.clients.shm"), \
             Client(unix_url(shm_daemon), model="m", layout=LAYOUT) as c:
@@ -108,7 +108,7 @@ def test_puts_and_gets_copy_with_numpy_where_the_c_copy_is_not_built(shm_daemon,
     assert metric(shm_daemon, 'kvbucket_server_requests_total{op="put"') == 0
     assert [r.message for r in caplog.records if "_streamcopy.c is not built" in r.message] != []
     assert shm.put_copy() == "numpy (clients/_streamcopy.c not built)"
-    shm._say_how_puts_copy.cache_clear()
+    shm._say_how_copies_run.cache_clear()
 
 
 def test_entry_put_over_grpc_lands_in_the_arena_and_is_served_without_a_copy(shm_daemon):
