@@ -9,9 +9,10 @@
  * these stores.
  *
  * copy_xxh3: the copy and the chunk's checksum (xxh3_64) in one pass, each 64-byte stripe loaded into
- * registers once, stored and hashed from them, so the checksum is of exactly the bytes stored. Every
- * shared-memory put copies with it (non-temporal stores) and every get (ordinary stores: the caller
- * reads its buffer next): clients/shm.py `stream_hash`, `copy_hash`.
+ * registers once, stored and hashed from them (the portable walk reads each stored stripe back from
+ * L1), so the checksum is of exactly the bytes stored. Every shared-memory put copies with it
+ * (non-temporal stores) and every get (ordinary stores: the caller reads its buffer next):
+ * clients/shm.py `stream_hash`, `copy_hash`.
  *
  * A destination written with non-temporal stores is then not in cache. x86-64 only (SSE2 is
  * baseline, AVX2 when the CPU has it); elsewhere `stream_copy` is a memcpy and `copy_xxh3` a portable
@@ -250,10 +251,10 @@ static uint64_t long_scalar(uint8_t *d, const uint8_t *s, size_t n, size_t copy_
         acc[i ^ 1] += v_;                                                                             \
         acc[i] += (x_ & 0xFFFFFFFFULL) * (x_ >> 32);                                                  \
     }
-#define STRIPE_COPY(dp, sp, key)                                                                      \
+#define STRIPE_COPY(dp, sp, key) /* hashed as stored: read back from L1, not from the source */      \
     do {                                                                                              \
         memcpy((dp), (sp), STRIPE);                                                                   \
-        STRIPE_ACC(sp, key);                                                                          \
+        STRIPE_ACC((const uint8_t *)(dp), key);                                                       \
     } while (0)
 #define SCRAMBLE()                                                                                    \
     for (int i = 0; i < 8; i++) {                                                                     \

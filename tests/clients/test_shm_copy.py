@@ -99,28 +99,47 @@ def test_a_destination_that_cannot_be_written_raises_and_the_next_call_is_whole(
     assert copy(pairs) == [checksum(s) for _, s in pairs]
 
 
+def _portable():
+    from kvbucket.clients._streamcopy import _copy_xxh3_portable  # built with the extension only
+    return _copy_xxh3_portable
+
+
+def _copy_xxh3_nt(dst, src):
+    return shm.copy_xxh3(dst, src, True)
+
+
+# The C copies: the non-temporal copy, and copy-and-xxh3 with either store.
+C_COPIES = [pytest.param(lambda d, s: shm.stream_copy(d, s), id="stream_copy"),
+            pytest.param(lambda d, s: shm.copy_xxh3(d, s), id="copy_xxh3"),
+            pytest.param(_copy_xxh3_nt, id="copy_xxh3-nontemporal")]
+
+
 @needs_c
+@pytest.mark.parametrize("copy", C_COPIES)
 @pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 63, 64, 127, 128, 129, 255, 4096 + 77])
 @pytest.mark.parametrize("dst_at, src_at", [(0, 0), (1, 0), (0, 5), (17, 3), (31, 31)])
-def test_stream_copy_copies_every_byte_at_any_alignment_and_nothing_around(n, dst_at, src_at):
-    # The stores need a 32-byte aligned destination: the head up to it and the tail under a block
-    # go by memcpy, whatever the offsets and length.
+def test_c_copies_copy_every_byte_at_any_alignment_and_nothing_around(copy, n, dst_at, src_at):
+    # Non-temporal stores need a 32-byte aligned destination: the head up to it and the tail under a
+    # block go by memcpy (stream_copy), or the whole copy takes ordinary stores (copy_xxh3), whatever
+    # the offsets and length; copy_xxh3's checksum is the bytes' all the same.
     rng = np.random.default_rng(n)
     src = rng.integers(0, 256, size=n + src_at, dtype=np.uint8)
     region = np.full(n + dst_at + 64, 0xAB, dtype=np.uint8)
-    shm.stream_copy(memoryview(region)[dst_at : dst_at + n], memoryview(src)[src_at:])
+    got = copy(memoryview(region)[dst_at : dst_at + n], memoryview(src)[src_at:])
     assert bytes(region[dst_at : dst_at + n]) == bytes(src[src_at:])
     assert (region[:dst_at] == 0xAB).all() and (region[dst_at + n :] == 0xAB).all()
+    assert got is None or got == checksum(src[src_at:])
 
 
 @needs_c
-def test_stream_copy_refuses_what_it_cannot_copy():
+@pytest.mark.parametrize("copy", C_COPIES)
+def test_c_copies_refuse_what_they_cannot_copy(copy):
     with pytest.raises(ValueError, match="destination of 3 bytes for a source of 4"):
-        shm.stream_copy(bytearray(3), b"abcd")
+        copy(bytearray(3), b"abcd")
     with pytest.raises(TypeError, match="read-write"):
-        shm.stream_copy(b"abcd", b"abcd")
+        copy(b"abcd", b"abcd")
     with pytest.raises(TypeError):
-        shm.stream_copy(np.zeros((4, 4), dtype=np.uint8)[:, :2], bytes(8))  # not contiguous
+        copy(np.zeros((4, 4), dtype=np.uint8)[:, :2], bytes(8))  # not contiguous
 
 
 # Every length class of XXH3-64 (empty, 1-3, 4-8, 9-16, 17-128, 129-240, then blocks of 1024 bytes
@@ -134,7 +153,6 @@ XXH3_LENGTHS = [*range(0, 260), 1023, 1024, 1025, 1087, 1088, 1089, 2047, 2048, 
 def test_copy_xxh3_is_the_xxh3_of_the_bytes_it_copies_at_every_length(walk):
     # Written from the XXH3 specification: it must agree with the xxhash package (the checksum every
     # tier and reader compares) at every length, whichever walk the CPU takes.
-    from kvbucket.clients._streamcopy import _copy_xxh3_portable
     rng = np.random.default_rng(7)
     for n in XXH3_LENGTHS:
         src = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
@@ -142,7 +160,7 @@ def test_copy_xxh3_is_the_xxh3_of_the_bytes_it_copies_at_every_length(walk):
         region[:] = b"\xab" * (n + 64)
         dst = memoryview(region)[32 : 32 + n]
         if walk == "portable":
-            got = _copy_xxh3_portable(dst, src)
+            got = _portable()(dst, src)
         else:
             got = shm.copy_xxh3(dst, src, walk.endswith("nontemporal"))
         assert got == checksum(src), f"{walk}: {n} bytes"
@@ -152,28 +170,12 @@ def test_copy_xxh3_is_the_xxh3_of_the_bytes_it_copies_at_every_length(walk):
 
 
 @needs_c
-@pytest.mark.parametrize("dst_at, src_at", [(0, 0), (1, 0), (0, 5), (17, 3), (31, 31)])
-@pytest.mark.parametrize("nontemporal", [False, True])
-def test_copy_xxh3_at_any_alignment(dst_at, src_at, nontemporal):
-    # Non-temporal stores are used only where the destination is 32-byte aligned; any other offset
-    # takes ordinary stores, with the same bytes and checksum.
-    n = 5000
-    src = np.random.default_rng(dst_at).integers(0, 256, size=n + src_at, dtype=np.uint8)
-    region = np.full(n + dst_at + 64, 0xAB, dtype=np.uint8)
-    got = shm.copy_xxh3(memoryview(region)[dst_at : dst_at + n], memoryview(src)[src_at:], nontemporal)
-    assert got == checksum(src[src_at:])
-    assert bytes(region[dst_at : dst_at + n]) == bytes(src[src_at:])
-    assert (region[:dst_at] == 0xAB).all() and (region[dst_at + n :] == 0xAB).all()
-
-
-@needs_c
 @pytest.mark.parametrize("walk", ["copy_xxh3", "portable"])
 @pytest.mark.parametrize("n", [100, 240, 241, 1024, 1025, 5000, FUSED + 7])
 def test_copy_xxh3_copies_only_up_to_copy_len_and_hashes_all_of_the_source(walk, n):
     # A put splits a chunk with the worker: this thread copies the head and hashes the whole source;
     # the worker copies the rest. Every cut, including inside a stripe, the last stripe and a block.
-    from kvbucket.clients._streamcopy import _copy_xxh3_portable
-    fn = shm.copy_xxh3 if walk == "copy_xxh3" else _copy_xxh3_portable
+    fn = shm.copy_xxh3 if walk == "copy_xxh3" else _portable()
     src = np.random.default_rng(n).integers(0, 256, size=n, dtype=np.uint8).tobytes()
     for cut in sorted({0, 1, 63, 64, 65, 1000, 1024, n // 2, n - 65, n - 64, n - 1, n} & set(range(n + 1))):
         dst = bytearray(b"\xab" * n)
@@ -182,11 +184,7 @@ def test_copy_xxh3_copies_only_up_to_copy_len_and_hashes_all_of_the_source(walk,
 
 
 @needs_c
-def test_copy_xxh3_refuses_what_it_cannot_copy():
-    with pytest.raises(ValueError, match="destination of 3 bytes for a source of 4"):
-        shm.copy_xxh3(bytearray(3), b"abcd")
-    with pytest.raises(TypeError, match="read-write"):
-        shm.copy_xxh3(b"abcd", b"abcd")
+def test_copy_xxh3_refuses_a_copy_len_past_the_source():
     with pytest.raises(ValueError, match="copy_len 5 for a source of 4 bytes"):
         shm.copy_xxh3(bytearray(4), b"abcd", False, 5)
 
